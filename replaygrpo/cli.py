@@ -1,0 +1,197 @@
+"""The `replaygrpo` command line: thin Typer commands that hand Hydra overrides to Hydra apps.
+
+`train` and `eval` forward their extra arguments to a `@hydra.main` app by setting
+sys.argv, so multirun, run/sweep directories and `--cfg job` all behave as in any Hydra
+app; `--help` stays Typer's.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import hydra
+import typer
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from replaygrpo.config import ConfigError, register_configs, to_config
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+app = typer.Typer(
+    help="Rollout-level advantage-prioritised experience replay for GRPO: train, eval, table, plot.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the composed config.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+register_configs()
+log = logging.getLogger("replaygrpo")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from replaygrpo.data.train_sets import DataError
+    from replaygrpo.model import ModelLoadError
+    from replaygrpo.train import RunDirError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError]
+    try:
+        from replaygrpo.evaluate import EvalError
+
+        errors.append(EvalError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def _train_app(dcfg: DictConfig) -> None:
+    from replaygrpo.train import train
+
+    try:
+        cfg = to_config(dcfg)
+        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except _user_errors() as err:
+        fail(str(err))
+    start, final = summary["start_accuracy"], summary["final_accuracy"]
+    if start is not None:
+        typer.echo(f"toy test accuracy: warm start {start:.3f} -> final {final:.3f} "
+                   f"({summary['steps']} steps, {summary['rollouts_generated']} rollouts)")
+    typer.echo(f"run directory: {summary['run_dir']}")
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def _eval_app(dcfg: DictConfig) -> None:
+    from replaygrpo.evaluate import run_eval
+
+    try:
+        cfg = to_config(dcfg)
+        if cfg.eval.out is None:
+            cfg.eval.out = _default_eval_out(cfg.model.name_or_path)
+        results = run_eval(cfg)
+    except _user_errors() as err:
+        fail(str(err))
+    typer.echo(f"average accuracy {results['average']['accuracy']:.4f} -> {cfg.eval.out}")
+
+
+def _default_eval_out(name_or_path: str) -> str:
+    path = Path(name_or_path)
+    if (path / "metrics.jsonl").exists():  # a training run directory
+        return str(path / "eval")
+    return str(Path(HydraConfig.get().runtime.output_dir) / "eval")
+
+
+def _run_hydra(app_fn, name: str, args: list[str], multirun: bool) -> None:
+    sys.argv = [f"replaygrpo {name}", *args, *(["--multirun"] if multirun else [])]
+    app_fn()
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(
+    ctx: typer.Context,
+    multirun: Annotated[bool, typer.Option("--multirun", "-m", help="Sweep over comma-separated values.")] = False,
+) -> None:
+    """Train with Hydra OVERRIDES, e.g. `method=replay replay.tau_max=4 trainer.steps=100 seed=1`.
+
+    With no argument: the toy lab (tiny Qwen3, arithmetic, GRPO) on the CPU. Groups:
+    model=toy|qwen3_0.6b|qwen3_1.7b|qwen3_4b, method=grpo|replay|naive_replay,
+    data=toy|math_train|dapo_math, engine=hf|vllm, experiment=PRESET. The run directory is
+    hydra.run.dir (or hydra.sweep.dir with --multirun). `--cfg job` prints the config.
+    """
+    _run_hydra(_train_app, "train", list(ctx.args), multirun)
+
+
+@app.command("eval", context_settings=HYDRA_ARGS)
+def eval_(
+    ctx: typer.Context,
+    multirun: Annotated[bool, typer.Option("--multirun", "-m", help="Sweep over comma-separated values.")] = False,
+) -> None:
+    """Evaluate a model on the math benchmarks with Hydra OVERRIDES.
+
+    Keys: model.name_or_path (hub id, model dir or training run dir), eval.benchmarks,
+    eval.k, eval.temperature, eval.top_p, eval.max_new_tokens, eval.limit, eval.out,
+    eval.data_root (local files in the layout of shared/data/benchmarks). Rerunning with
+    the same eval.out resumes.
+    """
+    _run_hydra(_eval_app, "eval", list(ctx.args), multirun)
+
+
+@app.command()
+def regrade(
+    out: Annotated[Path, typer.Argument(help="An eval output directory (holds <benchmark>.jsonl).")],
+    workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Seconds per answer.")] = 5.0,
+) -> None:
+    """Re-grade saved responses (after a grader fix) without generating again."""
+    from replaygrpo.evaluate import regrade as do_regrade
+
+    try:
+        results = do_regrade(out, workers, timeout)
+    except _user_errors() as err:
+        fail(str(err))
+    typer.echo(f"average accuracy {results['average']['accuracy']:.4f}")
+
+
+@app.command()
+def table(
+    inputs: Annotated[list[Path], typer.Argument(help="results.json files, eval dirs or training run dirs.")],
+    baseline: Annotated[Optional[str], typer.Option(help="Row name or path: the AES baseline.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Row name or path: differences with a bootstrap CI.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv or latex.")] = "md",
+    by: Annotated[Optional[str], typer.Option(help="Group a sweep's runs by this config key.")] = None,
+) -> None:
+    """One row per method (seeds grouped, mean ± std), per-benchmark accuracy, AES, CIs."""
+    from replaygrpo.report.table import make_table
+
+    try:
+        typer.echo(make_table([str(p) for p in inputs], baseline=baseline, reference=reference, fmt=fmt))
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Training run directories.")],
+    out: Annotated[Path, typer.Option(help="Where the PNGs go.")] = Path("plots"),
+) -> None:
+    """PNGs of reward and accuracy vs step and vs rollouts generated, lengths, replay ages."""
+    from replaygrpo.report.plot import make_plots
+
+    try:
+        paths = make_plots(list(run_dirs), out)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    for p in paths:
+        typer.echo(str(p))
+
+
+@config_app.command("show", context_settings=HYDRA_ARGS)
+def config_show(ctx: typer.Context) -> None:
+    """Print the composed config for Hydra OVERRIDES (validated), e.g. `config show method=replay`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            dcfg = compose(config_name="config", overrides=list(ctx.args))
+        to_config(dcfg)
+    except (HydraException, ConfigError) as err:
+        fail(str(err).strip())
+    except Exception as err:  # OmegaConf validation errors name the key
+        fail(f"{type(err).__name__}: {err}")
+    typer.echo(OmegaConf.to_yaml(dcfg))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

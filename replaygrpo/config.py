@@ -1,0 +1,332 @@
+"""The config schema: dataclasses registered in Hydra's ConfigStore, validated once at start.
+
+Each field is documented once, right under it. YAML groups in conf/ fill these nodes;
+Hydra rejects unknown keys and ill-typed values, and `validate` checks ranges and
+cross-field rules with an error that names the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or inconsistent; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "toy"
+    """Short name used in run names and tables."""
+    name_or_path: str = "toy"
+    """Hub id (Qwen/Qwen3-4B-Base), a local model dir, or "toy" for the locally built tiny Qwen3."""
+    tokenizer: str | None = None
+    """Tokenizer path or hub id; None = the model's own (the toy builds its own)."""
+    dtype: str = "float32"
+    """Weights dtype for training: float32 or bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (large models on GPU)."""
+    hidden_size: int = 128
+    """Toy only: width of the tiny Qwen3."""
+    num_layers: int = 3
+    """Toy only: number of decoder layers."""
+    num_heads: int = 4
+    """Toy only: attention heads (head_dim = hidden_size / num_heads)."""
+    num_kv_heads: int = 2
+    """Toy only: key/value heads (grouped-query attention, as in Qwen3)."""
+    intermediate_size: int = 256
+    """Toy only: MLP width."""
+    warmstart_steps: int = 300
+    """Toy only: supervised steps that make the 'base model' (cached by config)."""
+    warmstart_lr: float = 1e-3
+    """Toy only: learning rate of the supervised warm start."""
+    warmstart_batch_size: int = 64
+    """Toy only: batch size of the supervised warm start."""
+    warmstart_seed: int = 0
+    """Toy only: seed of the warm start; kept apart from `seed` so every RL seed starts from one base."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"
+    """toy (procedural arithmetic), math_train (MATH 7,500) or dapo_math (DAPO-Math 14k)."""
+    path: str | None = None
+    """Local JSONL in the layout of shared/data/train/*; None = load from the hub."""
+    template: str = "toy"
+    """Prompt template name (see replaygrpo.data.prompts): toy, qwen_math, qwen_boxed."""
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Toy only: difficulty levels mixed in the train and test sets (1 = easiest, 5 = hardest)."""
+    num_train: int = 20000
+    """Toy only: size of the train split."""
+    num_test: int = 512
+    """Toy only: size of the held-out test split (disjoint from train)."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this are dropped at load time (with a count in the log)."""
+
+
+@dataclass
+class EngineConfig:
+    name: str = "hf"
+    """Generation engine: hf (transformers generate, CPU or GPU) or vllm (GPU)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts; the trainer's log-probs use the same scaling."""
+    top_p: float = 1.0
+    """Nucleus sampling for training rollouts (1.0 keeps the log-probs exact)."""
+    max_new_tokens: int = 16
+    """Longest completion; longer ones are cut with finish_reason=length."""
+    batch_size: int = 256
+    """Sequences per generate call (HF engine)."""
+    gpu_memory_utilization: float = 0.4
+    """vLLM only: fraction of GPU memory for the engine."""
+    sleep_mode: bool = True
+    """vLLM only: release the engine's memory during the update."""
+    sync: str = "inplace"
+    """vLLM only: inplace (stream weights in chunks) or reload (save safetensors and reload)."""
+    max_logprob_gap: float = 0.5
+    """vLLM only: abort when the engine-vs-trainer mean log-prob gap after sync exceeds this."""
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 200
+    """RL steps (one generation batch and one optimiser step each)."""
+    prompts_per_step: int = 16
+    """Prompts drawn per step (B); each gets group_size completions."""
+    group_size: int = 8
+    """Completions per prompt (G)."""
+    lr: float = 2e-4
+    """AdamW learning rate (constant after warm-up)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    micro_batch_tokens: int = 16384
+    """Token budget per forward/backward micro-batch (gradients accumulate to one step)."""
+    eval_every: int = 25
+    """Toy test accuracy every N steps (and at the start and end); 0 = only start and end."""
+    eval_size: int = 512
+    """Problems of the toy test split used at each eval."""
+    eval_max_new_tokens: int = 16
+    """Generation length at the in-training eval."""
+    grader_workers: int = 0
+    """Reward grading processes (0 = in the trainer process; real math needs workers)."""
+
+
+@dataclass
+class LossConfig:
+    clip_low: float = 0.2
+    """Lower clip: ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip: ratio is clipped above at 1 + clip_high (clip-higher when > clip_low)."""
+    agg: str = "token_mean"
+    """Aggregation: token_mean, seq_mean_token_mean or seq_mean_token_sum (Dr. GRPO)."""
+    adv_scale: str = "std"
+    """Advantage scale: std (GRPO) or none (Dr. GRPO)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the frozen starting policy (0 = off, no reference model kept)."""
+    old_logprobs: str = "trainer"
+    """Where pi_old comes from: trainer (the update's own forward) or engine (sampled-token log-probs)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling cap for engine/trainer mismatch (None = off)."""
+
+
+@dataclass
+class MethodConfig:
+    name: str = "grpo"
+    """grpo (no buffer), replay (the paper) or naive_replay (FIFO groups, uniform)."""
+
+
+@dataclass
+class ReplayConfig:
+    unit: str = "rollout"
+    """rollout (the paper: a group may be split across steps) or group (whole groups)."""
+    tau_max: int | None = 2
+    """Age bound in steps: a rollout born at s is trainable until step s + tau_max; null = no bound."""
+    alpha: float = 1.0
+    """Priority exponent: P(i) proportional to (|A_i| + floor)^alpha; 0 = uniform."""
+    floor: float = 1e-3
+    """Added to |A_i| so no stored rollout has zero priority."""
+    replay_ratio: float = 1.0
+    """Replayed rollouts per fresh rollout: R = round(replay_ratio * n_fresh)."""
+    anchor: bool = True
+    """True: all fresh rollouts plus R replayed. False: replay displaces fresh (batch size kept)."""
+    max_reuse: int | None = None
+    """Evict a rollout after it was replayed this many times (null = until it ages out)."""
+    capacity: int = 1024
+    """naive_replay only: FIFO capacity in rollouts."""
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["math500", "aime24", "amc23", "minerva_math", "olympiadbench"]
+    )
+    """Benchmarks to run (also: toy)."""
+    k: int = 1
+    """Samples per problem (accuracy is avg@k; pass@k by the unbiased estimator)."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    max_new_tokens: int = 2048
+    limit: int | None = None
+    """First N problems of each benchmark (smoke runs)."""
+    out: str | None = None
+    """Output dir; None = <run dir>/eval."""
+    data_root: str | None = None
+    """Local benchmark files in the layout of shared/data/benchmarks; None = the hub."""
+    template: str = "qwen_math"
+    """Prompt template for the benchmarks."""
+    batch_size: int = 64
+    """Prompts per generate call."""
+    grader_workers: int = 2
+    """Grading worker processes (0 = in-process)."""
+    grade_timeout: float = 5.0
+    """Seconds per answer before it is marked incorrect."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Checkpoint every N steps (0 = only at the end and on SIGTERM/SIGINT)."""
+    keep: int = 2
+    """Checkpoints kept (oldest deleted first)."""
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    """Also log to wandb (offline unless WANDB_MODE is set and you are logged in)."""
+    project: str = "replaygrpo"
+    """wandb project."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    """Seeds python, numpy, torch and the engine's sampling."""
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval_after_train: bool = False
+    """Run `replaygrpo eval` on the final model into <run dir>/eval."""
+    resume: str | None = None
+    """auto (newest valid checkpoint in the run dir), a checkpoint path, or null."""
+    cache_dir: str = ".cache"
+    """Where warm starts are cached (relative to the working directory)."""
+    overwrite: bool = False
+    """Allow training into a run dir that already holds a finished run."""
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.dtype": ("float32", "bfloat16"),
+    "data.name": ("toy", "math_train", "dapo_math"),
+    "engine.name": ("hf", "vllm"),
+    "engine.sync": ("inplace", "reload"),
+    "loss.agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
+    "loss.adv_scale": ("std", "none"),
+    "loss.old_logprobs": ("trainer", "engine"),
+    "method.name": ("grpo", "replay", "naive_replay"),
+    "replay.unit": ("rollout", "group"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key `{key}` has the bad value {value!r}; allowed: {allowed}.")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and cross-field rules; raise ConfigError naming the first bad key."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        _require(value in allowed, key, value, "one of " + ", ".join(allowed))
+    from replaygrpo.data.prompts import TEMPLATES  # local: data imports config-free modules only
+
+    for key in ("data.template", "eval.template"):
+        _require(_get(cfg, key) in TEMPLATES, key, _get(cfg, key), "one of " + ", ".join(TEMPLATES))
+    t, lo = cfg.trainer, cfg.loss
+    for key in ("trainer.steps", "trainer.prompts_per_step", "trainer.micro_batch_tokens",
+                "trainer.eval_size", "engine.max_new_tokens", "engine.batch_size", "eval.k",
+                "eval.max_new_tokens", "eval.batch_size", "model.warmstart_batch_size"):
+        _require(_get(cfg, key) >= 1, key, _get(cfg, key), "an integer >= 1")
+    for key in ("trainer.eval_every", "trainer.warmup_steps", "checkpoint.every",
+                "model.warmstart_steps", "eval.grader_workers", "trainer.grader_workers"):
+        _require(_get(cfg, key) >= 0, key, _get(cfg, key), "an integer >= 0")
+    _require(t.group_size >= 2 or lo.adv_scale == "none", "trainer.group_size", t.group_size,
+             "an integer >= 2 (a group of 1 has no std; use loss.adv_scale=none for G=1)")
+    _require(t.group_size >= 1, "trainer.group_size", t.group_size, "an integer >= 1")
+    _require(t.lr > 0, "trainer.lr", t.lr, "a float > 0")
+    _require(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "a float >= 0 (0 = off)")
+    _require(0 <= lo.clip_low < 1, "loss.clip_low", lo.clip_low, "a float in [0, 1)")
+    _require(lo.clip_high >= 0, "loss.clip_high", lo.clip_high, "a float >= 0")
+    _require(lo.kl_coef >= 0, "loss.kl_coef", lo.kl_coef, "a float >= 0")
+    _require(lo.tis_cap is None or lo.tis_cap >= 1, "loss.tis_cap", lo.tis_cap, "null or a float >= 1")
+    r = cfg.replay
+    _require(r.tau_max is None or r.tau_max >= 0, "replay.tau_max", r.tau_max, "null or an integer >= 0")
+    _require(r.replay_ratio >= 0, "replay.replay_ratio", r.replay_ratio, "a float >= 0")
+    _require(r.anchor or r.replay_ratio <= 1, "replay.replay_ratio", r.replay_ratio,
+             "a float in [0, 1] when replay.anchor=false (replay cannot displace more than the batch)")
+    _require(r.alpha >= 0, "replay.alpha", r.alpha, "a float >= 0")
+    _require(r.floor >= 0, "replay.floor", r.floor, "a float >= 0")
+    _require(r.max_reuse is None or r.max_reuse >= 1, "replay.max_reuse", r.max_reuse, "null or an integer >= 1")
+    _require(r.capacity >= 1, "replay.capacity", r.capacity, "an integer >= 1")
+    e = cfg.engine
+    _require(e.temperature > 0, "engine.temperature", e.temperature, "a float > 0 (training samples)")
+    _require(0 < e.top_p <= 1, "engine.top_p", e.top_p, "a float in (0, 1]")
+    _require(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization",
+             e.gpu_memory_utilization, "a float in (0, 1)")
+    _require(cfg.eval.temperature >= 0, "eval.temperature", cfg.eval.temperature, "a float >= 0")
+    _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
+    _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
+    _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
+    _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
+             "auto, a checkpoint path, or null")
+    from replaygrpo.data.toy import LEVELS
+
+    for lvl in cfg.data.levels:
+        _require(lvl in LEVELS, "data.levels", list(cfg.data.levels), f"levels from {sorted(LEVELS)}")
+    if cfg.data.name == "toy":
+        _require(cfg.data.num_train >= t.prompts_per_step, "data.num_train", cfg.data.num_train,
+                 "at least trainer.prompts_per_step")
+    _require(cfg.model.hidden_size % cfg.model.num_heads == 0, "model.hidden_size", cfg.model.hidden_size,
+             "a multiple of model.num_heads")
+    _require(cfg.model.num_heads % cfg.model.num_kv_heads == 0, "model.num_kv_heads",
+             cfg.model.num_kv_heads, "a divisor of model.num_heads")
+    return cfg
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Turn the composed DictConfig into real dataclasses (once, at the boundary) and validate."""
+    if isinstance(cfg, Config):
+        return validate(cfg)
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):  # composed without the schema (e.g. a stale config file)
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    return validate(obj)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Training sets, the toy arithmetic task, benchmark loaders and prompt templates."""

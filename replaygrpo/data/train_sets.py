@@ -1,0 +1,90 @@
+"""Training sets: the toy task, MATH train (7,500) and DAPO-Math (14k), from local JSONL or the hub.
+
+Local files follow ../shared/data/train/*/train.jsonl (verl format): the question is the
+user message `prompt[1].content`, the gold `reward_model.ground_truth`. Rows with an
+empty gold (two in MATH train) are dropped, with a count in the log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from replaygrpo.config import Config
+from replaygrpo.data.problem import Problem
+from replaygrpo.data.toy import make_split
+
+log = logging.getLogger(__name__)
+
+HUB_IDS = {
+    "math_train": ("DigitalLearningGmbH/MATH-lighteval", "train", "problem", "solution"),
+    "dapo_math": ("open-r1/DAPO-Math-17k-Processed", "train", "prompt", "solution"),
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a malformed line is an error naming the file and line."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist.")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: malformed JSON line ({err.msg}).") from None
+    return rows
+
+
+def _verl_row(row: dict, path: Path, lineno: int) -> tuple[str, str]:
+    try:
+        question = next(m["content"] for m in row["prompt"] if m["role"] == "user")
+        gold = str(row["reward_model"]["ground_truth"])
+    except (KeyError, TypeError, StopIteration):
+        raise DataError(f"{path}:{lineno}: expected verl fields prompt[].content (role user) and "
+                        "reward_model.ground_truth.") from None
+    return question, gold
+
+
+def load_train_set(cfg: Config) -> list[Problem]:
+    d = cfg.data
+    if d.name == "toy":
+        return make_split(list(d.levels), d.num_train, cfg.seed, test=False)
+    if d.path is None:
+        return _load_hub(d.name)
+    path = Path(d.path)
+    problems, dropped = [], 0
+    for lineno, row in enumerate(read_jsonl(path), 1):
+        question, gold = _verl_row(row, path, lineno)
+        if not gold.strip():
+            dropped += 1
+            continue
+        problems.append(Problem(id=str(lineno - 1), question=question, gold=gold, source=d.name))
+    if dropped:
+        log.warning("%s: dropped %d rows with an empty gold answer", path, dropped)
+    return problems
+
+
+def _load_hub(name: str) -> list[Problem]:
+    from datasets import load_dataset  # the real path for users with a hub
+
+    from replaygrpo.grading import extract_answer
+
+    repo, split, qkey, gkey = HUB_IDS[name]
+    ds = load_dataset(repo, "en" if name == "dapo_math" else None, split=split)
+    problems = []
+    for i, row in enumerate(ds):
+        gold = row[gkey] if name == "dapo_math" else extract_answer(row[gkey])
+        if gold:
+            problems.append(Problem(id=str(i), question=row[qkey], gold=str(gold), source=name))
+    return problems
+
+
+def toy_test_set(cfg: Config) -> list[Problem]:
+    return make_split(list(cfg.data.levels), min(cfg.data.num_test, cfg.trainer.eval_size), seed=0, test=True)

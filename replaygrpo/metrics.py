@@ -1,0 +1,54 @@
+"""metrics.jsonl (one JSON object per step, flushed as written), optional wandb, the progress bar."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from replaygrpo.config import Config
+
+
+class MetricsLogger:
+    def __init__(self, path: Path, cfg: Config) -> None:
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+        self._wandb = None
+        if cfg.logger.wandb:
+            import wandb  # imported only when asked for
+
+            self._wandb = wandb.init(project=cfg.logger.project, dir=str(path.parent),
+                                     config=asdict(cfg), name=path.parent.name)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        self._file.write(json.dumps(metrics) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self._wandb.log(scalars, step=metrics["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def progress_bar(total: int) -> Progress:
+    return Progress(TextColumn("step"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl; a malformed line is an error naming the file and line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({err.msg})") from None
+    return rows

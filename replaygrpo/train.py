@@ -1,0 +1,239 @@
+"""The training loop: GRPO with rollout-level, age-evicted, advantage-prioritised replay.
+
+Read it beside the paper (arXiv 2606.04560) and ../shared/DESIGN.md. Per step t:
+generate G completions for B prompts, grade, group-normalise the advantages, compose
+the update batch (every fresh rollout plus R replayed ones born before t and no older
+than tau_max), take one clipped-surrogate step, store the fresh rollouts with non-zero
+advantage, evict what ages out. `method=grpo` is the same loop with no buffer.
+
+Departures from the paper, all deliberate: (1) by default pi_old for a fresh rollout is
+the trainer's own log-prob from the update's forward (identical weights, no extra pass),
+not the engine's; (2) eviction runs before sampling at every step, so the age bound
+holds even if a step is skipped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaygrpo.config import Config
+from replaygrpo.data.prompts import render
+from replaygrpo.data.train_sets import load_train_set, toy_test_set
+from replaygrpo.grading import GradingPool
+from replaygrpo.grpo import group_advantages
+from replaygrpo.metrics import MetricsLogger, progress_bar
+from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device
+from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
+from replaygrpo.replay.buffer import BaseReplayBuffer
+from replaygrpo.rollout.engine import build_engine
+from replaygrpo.rollout.types import Rollout, SamplingParams
+from replaygrpo.sampler import PromptSampler
+from replaygrpo.update import update_step
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_buffer(cfg: Config) -> BaseReplayBuffer | None:
+    r = cfg.replay
+    if cfg.method.name == "replay":
+        return ReplayBuffer(tau_max=r.tau_max, alpha=r.alpha, floor=r.floor, max_reuse=r.max_reuse, unit=r.unit)
+    if cfg.method.name == "naive_replay":
+        return NaiveReplayBuffer(capacity=r.capacity)
+    return None
+
+
+def load_policy(cfg: Config):
+    """The model being trained and its tokenizer; the toy lab warm-starts (cached) first."""
+    path = cfg.model.name_or_path
+    if path == "toy":
+        from replaygrpo.toymodel import warm_start
+
+        path = str(warm_start(cfg))
+    model, tok = load_model(path, cfg.model.dtype, cfg.device, cfg.model.tokenizer)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tok
+
+
+@torch.no_grad()
+def toy_eval(engine, tok, problems, grader: GradingPool, cfg: Config, eos: int) -> tuple[float, float]:
+    """Greedy accuracy and mean response tokens on the toy test split."""
+    prompts = [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in problems]
+    out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.trainer.eval_max_new_tokens))
+    texts = [tok.decode(g[0].token_ids.tolist(), skip_special_tokens=True) for g in out]
+    correct = grader.grade_many(texts, [p.gold for p in problems])
+    return float(np.mean(correct)), float(np.mean([g[0].token_ids.numel() for g in out]))
+
+
+def check_run_dir(run_dir: Path, cfg: Config) -> None:
+    if (run_dir / FINAL_MODEL).exists() and not cfg.overwrite and cfg.resume is None:
+        raise RunDirError(
+            f"run directory {run_dir} already holds a finished run ({FINAL_MODEL}/ exists); "
+            "choose another hydra.run.dir, or pass overwrite=true to replace it.")
+
+
+def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train per `cfg`, writing metrics.jsonl and the final model into `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, cfg)
+    seed_everything(cfg.seed)
+    t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
+    device = resolve_device(cfg.device)
+
+    # --- the policy, its frozen reference (only if KL is on), the data -------------------
+    model, tok = load_policy(cfg)
+    eos = end_of_text_id(model, tok)
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
+    problems = load_train_set(cfg)
+    test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
+    prompt_ids = [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"]
+                  for p in problems]
+    sampler = PromptSampler(len(problems), seed=cfg.seed)
+
+    engine = build_engine(e_cfg.name, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                          batch_size=e_cfg.batch_size, cfg=cfg)
+    buffer = build_buffer(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / t_cfg.warmup_steps) if t_cfg.warmup_steps else 1.0)
+    replay_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    grader = GradingPool(num_workers=t_cfg.grader_workers, timeout=cfg.eval.grade_timeout)
+    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg)
+    max_age = cfg.replay.tau_max if cfg.method.name == "replay" and cfg.replay.tau_max is not None else 0
+
+    rollouts_generated, start_acc, acc = 0, None, None
+    next_group = 0
+    model.train()
+    with grader, progress_bar(t_cfg.steps) as progress:
+        task = progress.add_task("train", total=t_cfg.steps)
+        if test_problems:
+            start_acc, _ = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+            log.info("warm-start toy test accuracy: %.3f", start_acc)
+        for step in range(t_cfg.steps):
+            t0 = time.perf_counter()
+            # 1. Draw B prompts and sample G completions each with the current policy.
+            idx = sampler.next(t_cfg.prompts_per_step)
+            groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
+                n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
+                max_new_tokens=e_cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step))
+            t_gen = time.perf_counter()
+
+            # 2. Reward: 1 if the extracted answer is equivalent to the gold, else 0.
+            completions = [c for g in groups for c in g]
+            texts = tok.batch_decode([c.token_ids.tolist() for c in completions], skip_special_tokens=True)
+            golds = [problems[i].gold for i in idx for _ in range(t_cfg.group_size)]
+            rewards = torch.tensor(grader.grade_many(texts, golds), dtype=torch.float32)
+            t_grade = time.perf_counter()
+
+            # 3-4. Group-relative advantages; every completion becomes one rollout.
+            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + next_group
+            next_group += len(idx)
+            adv = group_advantages(rewards, group_ids, scale=l_cfg.adv_scale)
+            fresh = [
+                Rollout(prompt_ids=torch.tensor(prompt_ids[idx[k // t_cfg.group_size]], dtype=torch.int32),
+                        completion_ids=c.token_ids, old_logprobs=c.logprobs, reward=float(rewards[k]),
+                        advantage=float(adv[k]), birth_step=step, prompt_id=idx[k // t_cfg.group_size],
+                        group_id=int(group_ids[k]))
+                for k, c in enumerate(completions)]
+            engine_logprobs = [c.logprobs for c in completions]
+
+            # 5-7. Evict what is older than tau_max, then compose: all fresh + R replayed.
+            replayed: list[Rollout] = []
+            used = fresh
+            if buffer is not None:
+                buffer.evict(step)
+                used, replayed = compose_batch(fresh, buffer, step, cfg.replay.replay_ratio,
+                                               cfg.replay.anchor, replay_gen)
+            batch = used + replayed
+            ages = [0] * len(used) + [step - r.birth_step for r in replayed]
+            behaviour = [r.old_logprobs for r in batch] if l_cfg.tis_cap else None
+
+            # 8-9. One clipped-surrogate optimiser step on the composed batch.
+            result = update_step(
+                model, optimizer, batch, ages, num_fresh=len(used), pad_id=tok.pad_token_id,
+                temperature=e_cfg.temperature, clip_low=l_cfg.clip_low, clip_high=l_cfg.clip_high,
+                agg=l_cfg.agg, old_logprobs=l_cfg.old_logprobs, tis_cap=l_cfg.tis_cap,
+                token_budget=t_cfg.micro_batch_tokens, grad_clip=t_cfg.grad_clip,
+                ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour)
+            scheduler.step()
+            t_update = time.perf_counter()
+            engine.sync_weights(model)
+            t_sync = time.perf_counter()
+
+            # The buffer stores pi_old as the trainer saw it (or the engine's, by config).
+            if buffer is not None:
+                if l_cfg.old_logprobs == "trainer":
+                    for r, lp in zip(used, result.fresh_logprobs):
+                        r.old_logprobs = lp
+                buffer.add(used if cfg.replay.anchor else fresh)
+
+            rollouts_generated += len(completions)
+            lengths = torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32)
+            rep_ages = torch.tensor(ages[len(used):], dtype=torch.long)
+            n_age = max_age + 1 if cfg.method.name == "replay" and cfg.replay.tau_max is not None \
+                else int(rep_ages.max()) + 1 if len(rep_ages) else 1
+            tokens_by_age = result.tokens_by_age.clamp(min=1)
+            metrics: dict[str, Any] = {
+                "step": step + 1,
+                "rollouts/generated": rollouts_generated,
+                "reward/mean": float(rewards.mean()),
+                "response/tokens_mean": float(lengths.mean()),
+                "response/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+                "batch/n_fresh": len(used),
+                "batch/n_replay": len(replayed),
+                "batch/zero_adv_frac": float((adv == 0).float().mean()),
+                "buffer/size": len(buffer) if buffer is not None else 0,
+                "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
+                "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,
+                "replay/age_hist": torch.bincount(torch.tensor(ages, dtype=torch.long), minlength=n_age).tolist(),
+                "loss/pg": result.loss,
+                "loss/clip_fraction": result.clip_fraction,
+                "loss/ratio_mean": result.ratio_mean,
+                "loss/clip_fraction_by_age": (result.clip_count_by_age / tokens_by_age).tolist(),
+                "loss/ratio_mean_by_age": (result.ratio_sum_by_age / tokens_by_age).tolist(),
+                "loss/kl": result.kl,
+                "loss/grad_norm": result.grad_norm,
+                "loss/skipped": int(result.skipped),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens/generated": int(lengths.sum()),
+                "tokens/trained": int(sum(r.completion_ids.numel() for r in batch)),
+                "time/generate": t_gen - t0,
+                "time/grade": t_grade - t_gen,
+                "time/update": t_update - t_grade,
+                "time/sync": t_sync - t_update,
+            }
+            if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
+                acc, eval_tokens = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+                metrics["eval/accuracy"] = acc
+                metrics["eval/tokens_mean"] = eval_tokens
+            metrics["time/step"] = time.perf_counter() - t0
+            logger.log(metrics)
+            progress.update(task, advance=1, description=(
+                f"reward {metrics['reward/mean']:.2f}" + (f" | toy acc {acc:.3f}" if acc is not None else "")))
+
+    final = run_dir / FINAL_MODEL
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    logger.close()
+    summary = {"start_accuracy": start_acc, "final_accuracy": acc, "steps": t_cfg.steps,
+               "rollouts_generated": rollouts_generated, "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,95 @@
+"""Time one replay-buffer step at paper scale: add 1,024 + evict + sample 512 of 100k.
+
+Buffer: 100,000 rollouts of 1,000 completion tokens (+ a 64-token prompt shared by
+each group of 8), tau_max chosen so the buffer stays at ~100k in steady state.
+Prints the median ms per step (and per phase), bytes per stored completion token,
+the core count and the load average: on a shared machine the timings move with the
+load, so read them together.
+
+    .venv/bin/python scripts/bench_buffer.py [--steps 20] [--unit rollout] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from replaygrpo.replay import ReplayBuffer
+from replaygrpo.rollout.types import Rollout
+
+BATCH, GROUP, C, P = 1024, 8, 1000, 64
+
+
+def make_step(step: int, ids: torch.Tensor, logp: torch.Tensor, prompts: torch.Tensor) -> list[Rollout]:
+    """1,024 rollouts whose tensors are row views of padded batch tensors, as an engine gives."""
+    adv = torch.randn(BATCH, generator=torch.Generator().manual_seed(step)).tolist()
+    return [
+        Rollout(
+            prompt_ids=prompts[i // GROUP],
+            completion_ids=ids[i],
+            old_logprobs=logp[i],
+            reward=float(a > 0),
+            advantage=a,
+            birth_step=step,
+            prompt_id=i // GROUP,
+            group_id=step * BATCH + i // GROUP,
+        )
+        for i, a in enumerate(adv)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=100_000)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--unit", choices=["rollout", "group"], default="rollout")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = ap.parse_args()
+    # The buffer's work is a few vector ops over ~100k scalars plus copies; on a busy
+    # 2-core box intra-op threads cost more (barriers) than they save.
+    torch.set_num_threads(args.threads)
+
+    g = torch.Generator().manual_seed(0)
+    # One set of batch tensors, reused: the buffer copies what it stores.
+    ids = torch.randint(0, 150_000, (BATCH, C), dtype=torch.int32, generator=g)
+    logp = -torch.rand(BATCH, C, generator=g)
+    prompts = torch.randint(0, 150_000, (BATCH // GROUP, P), dtype=torch.int32, generator=g)
+    fill_steps = -(-args.size // BATCH)
+    buf = ReplayBuffer(tau_max=fill_steps - 1, alpha=1.0, unit=args.unit)
+    t0 = time.perf_counter()
+    for s in range(fill_steps):
+        buf.add(make_step(s, ids, logp, prompts))
+    print(f"filled {len(buf):,} rollouts, {buf.num_tokens:,} tokens in {time.perf_counter() - t0:.1f} s")
+
+    phases: dict[str, list[float]] = {"add": [], "evict": [], "sample": [], "step": []}
+    cpu: list[float] = []
+    for s in range(fill_steps, fill_steps + args.steps):
+        fresh = make_step(s, ids, logp, prompts)  # building records is the engine's cost
+        c0, t0 = time.thread_time(), time.perf_counter()
+        buf.add(fresh)
+        t1 = time.perf_counter()
+        buf.evict(s)
+        t2 = time.perf_counter()
+        out = buf.sample(512, s, g)
+        t3, c3 = time.perf_counter(), time.thread_time()
+        for name, dt in (("add", t1 - t0), ("evict", t2 - t1), ("sample", t3 - t2), ("step", t3 - t0)):
+            phases[name].append(1000 * dt)
+        cpu.append(1000 * (c3 - c0))  # this thread's CPU time: what the load cannot inflate
+        assert len(out) == 512 and all(0 < s - r.birth_step <= buf.tau_max for r in out)
+    ms = phases["step"]
+    print(f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, unit: {args.unit}, "
+          f"load average: {os.getloadavg()[0]:.1f}")
+    print(f"buffer: {len(buf):,} rollouts, {buf.num_tokens:,} completion tokens, {buf.nbytes / 2**20:.0f} MiB")
+    print(f"step (add {BATCH} + evict + sample 512): median {statistics.median(ms):.2f} ms, "
+          f"min {min(ms):.2f}, max {max(ms):.2f} over {len(ms)} steps")
+    print(f"  CPU time of the step (thread): median {statistics.median(cpu):.2f} ms")
+    print("  median by phase: " + ", ".join(
+        f"{k} {statistics.median(v):.2f} ms" for k, v in phases.items() if k != "step"))
+    print(f"bytes per stored completion token: {buf.nbytes / buf.num_tokens:.3f}")
+
+
+if __name__ == "__main__":
+    main()

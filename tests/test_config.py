@@ -1,0 +1,57 @@
+"""Config composition and validation through Hydra's compose API."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from replaygrpo.cli import CONF_DIR
+from replaygrpo.config import Config, ConfigError, to_config
+
+
+def composed(*overrides: str) -> Config:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_default_is_the_toy_lab_with_grpo():
+    cfg = composed()
+    assert cfg.model.name_or_path == "toy" and cfg.data.name == "toy"
+    assert cfg.method.name == "grpo" and cfg.engine.name == "hf"
+
+
+@pytest.mark.parametrize("method,unit,tau", [("replay", "rollout", 2), ("naive_replay", "group", None)])
+def test_method_groups_set_replay_keys(method, unit, tau):
+    cfg = composed(f"method={method}")
+    assert cfg.method.name == method and cfg.replay.unit == unit and cfg.replay.tau_max == tau
+
+
+def test_qwen_models_and_overrides():
+    cfg = composed("model=qwen3_4b", "replay.tau_max=4", "trainer.lr=1e-6")
+    assert cfg.model.name_or_path == "Qwen/Qwen3-4B-Base" and cfg.model.dtype == "bfloat16"
+    assert cfg.trainer.lr == 1e-6
+
+
+@pytest.mark.parametrize("override,key", [
+    ("replay.tau_max=-1", "replay.tau_max"),
+    ("replay.replay_ratio=-0.5", "replay.replay_ratio"),
+    ("loss.clip_low=1.5", "loss.clip_low"),
+    ("trainer.group_size=1", "trainer.group_size"),
+    ("loss.agg=sum", "loss.agg"),
+    ("method.name=ppo", "method.name"),
+    ("engine.top_p=0", "engine.top_p"),
+    ("data.levels=[9]", "data.levels"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        composed(override)
+
+
+def test_group_size_one_allowed_without_std():
+    assert composed("trainer.group_size=1", "loss.adv_scale=none").trainer.group_size == 1
+
+
+def test_unknown_and_ill_typed_keys_rejected():
+    with pytest.raises(Exception, match="foo"):
+        composed("trainer.foo=1")
+    with pytest.raises(Exception, match="steps"):
+        composed("trainer.steps=many")

@@ -1,0 +1,163 @@
+"""AES by hand, the results table in three formats from hand-written eval dirs, and plots."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from replaygrpo.evaluate import build_results, summarize
+from replaygrpo.report.aes import AESError, aes, aes_of_average, aes_per_benchmark, mean_aes
+from replaygrpo.report.plot import make_plots
+from replaygrpo.report.table import TableError, make_table
+
+
+# ---------------------------------------------------------------- AES
+def test_aes_both_branches() -> None:
+    # dL = (100 - 80) / 100 = 0.2, dA = (0.6 - 0.5) / 0.5 = 0.2 >= 0: 0.2 + 3 * 0.2
+    assert aes(0.6, 80, 0.5, 100) == pytest.approx(0.8)
+    # dL = -0.2, dA = -0.2 < 0: -0.2 - 5 * 0.2
+    assert aes(0.4, 120, 0.5, 100) == pytest.approx(-1.2)
+    assert aes(0.5, 100, 0.5, 100) == 0.0
+    assert aes(0.6, 80, 0.5, 100, alpha=2, beta=1) == pytest.approx(0.6)
+
+
+def test_aes_undefined_baseline() -> None:
+    with pytest.raises(AESError, match="baseline accuracy is 0"):
+        aes(0.5, 10, 0.0, 10)
+    with pytest.raises(AESError, match="baseline mean length is 0"):
+        aes(0.5, 10, 0.5, 0)
+    with pytest.raises(AESError, match="^aime24: "):
+        mean_aes({"aime24": 0.1}, {"aime24": 5}, {"aime24": 0.0}, {"aime24": 5})
+
+
+def test_aes_two_conventions() -> None:
+    acc, length = {"a": 87.5, "b": 25.0}, {"a": 80.0, "b": 160.0}
+    base_acc, base_len = {"a": 50.0, "b": 50.0}, {"a": 100.0, "b": 200.0}
+    per = aes_per_benchmark(acc, length, base_acc, base_len)
+    assert per["a"] == pytest.approx(0.2 + 3 * 0.75) and per["b"] == pytest.approx(0.2 - 5 * 0.5)
+    assert mean_aes(acc, length, base_acc, base_len) == pytest.approx((2.45 - 2.3) / 2)
+    # averages: acc 56.25 vs 50 (dA = 0.125), length 120 vs 150 (dL = 0.2)
+    assert aes_of_average(acc, length, base_acc, base_len) == pytest.approx(0.2 + 3 * 0.125)
+
+
+# ---------------------------------------------------------------- table
+def write_eval(out: Path, correct: dict[str, list[bool]], tokens: dict[str, int], model: str = "m") -> Path:
+    """An eval output dir with k=1: per-sample JSONLs and the results.json they imply."""
+    out.mkdir(parents=True)
+    summaries = {}
+    for bench, marks in correct.items():
+        recs = [{"problem_id": str(i), "sample": 0, "prompt": "q", "response": "r", "extracted": None, "gold": "1",
+                 "correct": c, "tokens": tokens[bench], "finish_reason": "stop"} for i, c in enumerate(marks)]
+        (out / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        summaries[bench] = summarize(recs, 1)
+    settings = {"model": model, "k": 1, "benchmarks": list(correct)}
+    (out / "results.json").write_text(json.dumps(build_results(settings, summaries)))
+    return out
+
+
+def write_run(run: Path, seed: int, method: str, correct: dict[str, list[bool]], tokens: dict[str, int]) -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        f"seed: {seed}\nmodel:\n  name: toy\nmethod:\n  name: {method}\nreplay:\n  tau_max: 2\n"
+        f"logger:\n  wandb: false\n")
+    write_eval(run / "eval", correct, tokens, model=str(run))
+    return run
+
+
+@pytest.fixture()
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    base = write_eval(tmp_path / "base_model", {"math500": [1, 1, 0, 0], "aime24": [1, 0]},
+                      {"math500": 100, "aime24": 200})
+    tokens = {"math500": 80, "aime24": 160}
+    s0 = write_run(tmp_path / "replay_s0", 0, "replay", {"math500": [1, 1, 1, 0], "aime24": [1, 0]}, tokens)
+    s1 = write_run(tmp_path / "replay_s1", 1, "replay", {"math500": [1, 1, 1, 1], "aime24": [0, 0]}, tokens)
+    return {"base": base, "s0": s0, "s1": s1}
+
+
+def test_table_markdown(dirs: dict[str, Path]) -> None:
+    md = make_table([dirs["base"], dirs["s0"], dirs["s1"]], baseline="base_model", reference=str(dirs["base"]))
+    lines = md.splitlines()
+    assert lines[0].startswith("| Method | Seeds | MATH500 | AIME24 | Avg | Tokens | AES (of avg) | AES (mean) |")
+    assert lines[1].startswith("|:---|---:")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:4]}
+    assert set(rows) == {"base_model", "toy/replay"}  # the two seeds are one row
+    replay = [c.strip() for c in rows["toy/replay"].strip("|").split("|")]
+    # math500 75/100 -> 87.5 ± 17.7; aime24 50/0 -> 25.0 ± 35.4; Avg 62.5/50 -> 56.2 ± 8.8; tokens 120
+    assert replay[1:8] == ["2", "87.5 ± 17.7", "25.0 ± 35.4", "56.2 ± 8.8", "120 ± 0", "0.575", "0.075"]
+    # per-problem diffs: math500 [0, 0, 1, .5] -> .375, aime24 [-.5, 0] -> -.25; Avg +6.25 points
+    assert replay[8].startswith("+6.2 [") and rows["base_model"].rstrip(" |").endswith("ref")
+    assert "AES vs 'base_model'" in md
+
+
+def test_table_csv_and_latex(dirs: dict[str, Path]) -> None:
+    inputs = [dirs["base"] / "results.json", dirs["s0"], dirs["s1"]]
+    table = list(csv.DictReader(io.StringIO(make_table(inputs, str(dirs["base"]), "base_model", fmt="csv"))))
+    row = next(r for r in table if r["method"] == "toy/replay")
+    assert float(row["math500"]) == pytest.approx(87.5) and float(row["avg_std"]) == pytest.approx(8.8388, abs=1e-3)
+    assert float(row["aes_of_avg"]) == pytest.approx(0.575) and float(row["aes_mean"]) == pytest.approx(0.075)
+    assert float(row["delta_vs_ref"]) == pytest.approx(6.25)
+    assert float(row["ci_low"]) <= 6.25 <= float(row["ci_high"])
+
+    tex = make_table(inputs, "base_model", "base_model", fmt="latex")
+    assert all(s in tex for s in ("\\toprule", "\\midrule", "\\bottomrule", "base\\_model", "$\\pm$", "\\%"))
+    assert "base_model" not in tex.replace("base\\_model", "")
+
+
+def test_table_without_reference_and_bootstrap_is_seeded(dirs: dict[str, Path]) -> None:
+    md = make_table([dirs["base"], dirs["s0"]], baseline="base_model")
+    assert "Δ" not in md
+    a = make_table([dirs["base"], dirs["s0"], dirs["s1"]], "base_model", "toy/replay")
+    assert a == make_table([dirs["base"], dirs["s0"], dirs["s1"]], "base_model", "toy/replay")
+
+
+def test_table_differing_keys_name_rows(dirs: dict[str, Path], tmp_path: Path) -> None:
+    other = write_run(tmp_path / "replay_tau4", 0, "replay", {"math500": [1, 0, 0, 0], "aime24": [1, 1]},
+                      {"math500": 90, "aime24": 90})
+    cfg = other / ".hydra" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("tau_max: 2", "tau_max: 4"))
+    md = make_table([dirs["base"], dirs["s0"], dirs["s1"], other], "base_model")
+    assert "toy/replay (replay.tau_max=2)" in md and "toy/replay (replay.tau_max=4)" in md
+
+
+def test_table_errors(dirs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(TableError, match=r"baseline 'nope' is not among the inputs; rows: 'base_model', 'toy/replay'"):
+        make_table([dirs["base"], dirs["s0"]], "nope")
+    bad = tmp_path / "old" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"model": "m", "benchmarks": {}}))
+    with pytest.raises(TableError, match=rf"{bad}: not a replaygrpo.results/1 results file; missing key\(s\): schema, k, average"):
+        make_table([bad], "old")
+    (dirs["s0"] / "eval" / "aime24.jsonl").unlink()
+    with pytest.raises(TableError, match="aime24.jsonl is missing"):
+        make_table([dirs["base"], dirs["s0"]], "base_model", "base_model")
+    with pytest.raises(TableError, match="unknown table format"):
+        make_table([dirs["base"]], "base_model", fmt="html")
+
+
+# ---------------------------------------------------------------- plots
+def fake_run(run: Path, seed: int, method: str, slope: float) -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nmodel:\n  name: toy\nmethod:\n  name: {method}\n")
+    lines = []
+    for step in range(12):
+        rec = {"step": step, "rollouts/generated": 64 * (step + 1) // (2 if method == "replay" else 1),
+               "reward/mean": slope * step + 0.01 * seed, "response/tokens_mean": 10 + step}
+        if step % 4 == 0:
+            rec["eval/accuracy"] = 0.1 + slope * step
+        if method == "replay":
+            rec["replay/age_hist"] = [0, 5, 3] if step else [0]
+        lines.append(json.dumps(rec))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 12, "rew')  # cut-off last line
+    return run
+
+
+def test_make_plots(tmp_path: Path) -> None:
+    runs = [fake_run(tmp_path / "r0", 0, "replay", 0.05), fake_run(tmp_path / "r1", 1, "replay", 0.04),
+            fake_run(tmp_path / "g0", 0, "grpo", 0.03)]
+    paths = make_plots(runs, tmp_path / "plots")
+    assert [p.name for p in paths] == ["reward.png", "eval_accuracy.png", "response_length.png", "replay_age.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
