@@ -33,9 +33,11 @@ log = logging.getLogger("replaygrpo")
 def _user_errors() -> tuple[type[BaseException], ...]:
     from replaygrpo.data.train_sets import DataError
     from replaygrpo.model import ModelLoadError
-    from replaygrpo.train import RunDirError
+    from replaygrpo.checkpoint import CheckpointError
+    from replaygrpo.train import Interrupted, RunDirError, TrainingDiverged
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError]
+    errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError, CheckpointError,
+                                         Interrupted, TrainingDiverged]
     try:
         from replaygrpo.evaluate import EvalError
 

@@ -113,6 +113,8 @@ class TrainerConfig:
     """Problems of the toy test split used at each eval."""
     eval_max_new_tokens: int = 16
     """Generation length at the in-training eval."""
+    max_bad_steps: int = 5
+    """Abort (with a checkpoint of the last good state) after this many non-finite steps in a row."""
     grader_workers: int = 0
     """Reward grading processes (0 = in the trainer process; real math needs workers)."""
 
@@ -272,7 +274,7 @@ def validate(cfg: Config) -> Config:
         _require(_get(cfg, key) in TEMPLATES, key, _get(cfg, key), "one of " + ", ".join(TEMPLATES))
     t, lo = cfg.trainer, cfg.loss
     for key in ("trainer.steps", "trainer.prompts_per_step", "trainer.micro_batch_tokens",
-                "trainer.eval_size", "engine.max_new_tokens", "engine.batch_size", "eval.k",
+                "trainer.eval_size", "trainer.max_bad_steps", "engine.max_new_tokens", "engine.batch_size", "eval.k",
                 "eval.max_new_tokens", "eval.batch_size", "model.warmstart_batch_size"):
         _require(_get(cfg, key) >= 1, key, _get(cfg, key), "an integer >= 1")
     for key in ("trainer.eval_every", "trainer.warmup_steps", "checkpoint.every",

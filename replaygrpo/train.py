@@ -17,20 +17,25 @@ import copy
 import json
 import logging
 import random
+import signal
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from replaygrpo.checkpoint import (CheckpointError, find_resume_point, flat_config, incompatible_keys,
+                                   load_checkpoint, save_checkpoint, set_rng_state, truncate_metrics)
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
 from replaygrpo.data.train_sets import load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.grpo import group_advantages
 from replaygrpo.metrics import MetricsLogger, progress_bar
-from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device
+from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
@@ -42,6 +47,14 @@ log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
+    pass
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
     pass
 
 
@@ -84,19 +97,48 @@ def toy_eval(engine, tok, problems, grader: GradingPool, cfg: Config, eos: int) 
 
 
 def check_run_dir(run_dir: Path, cfg: Config) -> None:
-    if (run_dir / FINAL_MODEL).exists() and not cfg.overwrite and cfg.resume is None:
+    if cfg.resume is not None or cfg.overwrite:
+        return
+    if (run_dir / FINAL_MODEL).exists():
         raise RunDirError(
             f"run directory {run_dir} already holds a finished run ({FINAL_MODEL}/ exists); "
             "choose another hydra.run.dir, or pass overwrite=true to replace it.")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        raise RunDirError(
+            f"run directory {run_dir} holds an unfinished run (metrics.jsonl is not empty); "
+            "pass resume=auto to continue it, or overwrite=true to start over.")
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into 'checkpoint at the end of this step, then exit'."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train per `cfg`, writing metrics.jsonl and the final model into `run_dir`."""
+    """Train per `cfg`, writing metrics.jsonl, checkpoints and the final model into `run_dir`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.seed)
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
-    device = resolve_device(cfg.device)
 
     # --- the policy, its frozen reference (only if KL is on), the data -------------------
     model, tok = load_policy(cfg)
@@ -116,18 +158,50 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         optimizer, lambda s: min(1.0, (s + 1) / t_cfg.warmup_steps) if t_cfg.warmup_steps else 1.0)
     replay_gen = torch.Generator().manual_seed(cfg.seed + 1)
     grader = GradingPool(num_workers=t_cfg.grader_workers, timeout=cfg.eval.grade_timeout)
-    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg)
     max_age = cfg.replay.tau_max if cfg.method.name == "replay" and cfg.replay.tau_max is not None else 0
+    cfg_dict = asdict(cfg)
 
-    rollouts_generated, start_acc, acc = 0, None, None
-    next_group = 0
+    # --- resume: everything the next step depends on comes back from the checkpoint -------
+    state: dict[str, Any] = {"step": 0, "rollouts_generated": 0, "next_group": 0, "start_accuracy": None,
+                             "accuracy": None, "bad_steps": 0, "skipped_steps": 0, "sampler": None}
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None else None
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt)
+        bad = incompatible_keys(saved["config"], cfg_dict)
+        if bad:
+            raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
+                                  + ", ".join(f"{k} ({flat_config(saved['config']).get(k)!r} -> "
+                                              f"{flat_config(cfg_dict).get(k)!r})" for k in bad))
+        model.load_state_dict(saved["weights"])
+        optimizer.load_state_dict(saved["optim"]["optimizer"])
+        scheduler.load_state_dict(saved["optim"]["scheduler"])
+        if buffer is not None:
+            buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
+        set_rng_state(saved["rng_tensors"], saved["rng"])
+        replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
+        state = saved["state"]
+        sampler.load_state_dict(state["sampler"])
+        engine.sync_weights(model)
+        truncate_metrics(metrics_path, state["step"])
+        log.info("resumed from %s at step %d", ckpt, state["step"])
+    elif cfg.resume is not None or cfg.overwrite:
+        truncate_metrics(metrics_path, 0)
+    logger = MetricsLogger(metrics_path, cfg)
+
+    def checkpoint() -> Path:
+        state["sampler"] = sampler.state_dict()
+        return save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                               buffer=buffer, state=state, replay_gen=replay_gen, config=cfg_dict,
+                               keep=cfg.checkpoint.keep)
+
     model.train()
-    with grader, progress_bar(t_cfg.steps) as progress:
-        task = progress.add_task("train", total=t_cfg.steps)
-        if test_problems:
-            start_acc, _ = toy_eval(engine, tok, test_problems, grader, cfg, eos)
-            log.info("warm-start toy test accuracy: %.3f", start_acc)
-        for step in range(t_cfg.steps):
+    with grader, _StopFlag() as stop, progress_bar(t_cfg.steps) as progress:
+        task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
+        if test_problems and state["start_accuracy"] is None:
+            state["start_accuracy"], _ = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+            log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
+        for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
             # 1. Draw B prompts and sample G completions each with the current policy.
             idx = sampler.next(t_cfg.prompts_per_step)
@@ -144,8 +218,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             t_grade = time.perf_counter()
 
             # 3-4. Group-relative advantages; every completion becomes one rollout.
-            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + next_group
-            next_group += len(idx)
+            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + state["next_group"]
+            state["next_group"] += len(idx)
             adv = group_advantages(rewards, group_ids, scale=l_cfg.adv_scale)
             fresh = [
                 Rollout(prompt_ids=torch.tensor(prompt_ids[idx[k // t_cfg.group_size]], dtype=torch.int32),
@@ -185,7 +259,12 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                         r.old_logprobs = lp
                 buffer.add(used if cfg.replay.anchor else fresh)
 
-            rollouts_generated += len(completions)
+            state["rollouts_generated"] += len(completions)
+            state["skipped_steps"] += int(result.skipped)
+            state["bad_steps"] = state["bad_steps"] + 1 if result.skipped else 0
+            if result.skipped:
+                log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                            step + 1, state["bad_steps"])
             lengths = torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32)
             rep_ages = torch.tensor(ages[len(used):], dtype=torch.long)
             n_age = max_age + 1 if cfg.method.name == "replay" and cfg.replay.tau_max is not None \
@@ -193,7 +272,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             tokens_by_age = result.tokens_by_age.clamp(min=1)
             metrics: dict[str, Any] = {
                 "step": step + 1,
-                "rollouts/generated": rollouts_generated,
+                "rollouts/generated": state["rollouts_generated"],
                 "reward/mean": float(rewards.mean()),
                 "response/tokens_mean": float(lengths.mean()),
                 "response/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
@@ -221,19 +300,36 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 "time/sync": t_sync - t_update,
             }
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                acc, eval_tokens = toy_eval(engine, tok, test_problems, grader, cfg, eos)
-                metrics["eval/accuracy"] = acc
+                state["accuracy"], eval_tokens = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+                metrics["eval/accuracy"] = state["accuracy"]
                 metrics["eval/tokens_mean"] = eval_tokens
+            metrics["loss/skipped_total"] = state["skipped_steps"]
             metrics["time/step"] = time.perf_counter() - t0
             logger.log(metrics)
+            state["step"] = step + 1
+            acc = state["accuracy"]
             progress.update(task, advance=1, description=(
                 f"reward {metrics['reward/mean']:.2f}" + (f" | toy acc {acc:.3f}" if acc is not None else "")))
+
+            if state["bad_steps"] >= t_cfg.max_bad_steps:
+                path = checkpoint()
+                raise TrainingDiverged(
+                    f"{state['bad_steps']} steps in a row had a non-finite loss or gradient (step {step + 1}); "
+                    f"the last good state is checkpointed at {path}. Lower trainer.lr or check the data.")
+            if stop.signum is not None:
+                path = checkpoint()
+                logger.close()
+                raise Interrupted(f"stopped by signal {stop.signum} after step {step + 1}; checkpoint {path}; "
+                                  f"continue with resume=auto hydra.run.dir={run_dir}")
+            if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < t_cfg.steps:
+                checkpoint()
 
     final = run_dir / FINAL_MODEL
     model.save_pretrained(final)
     tok.save_pretrained(final)
     logger.close()
-    summary = {"start_accuracy": start_acc, "final_accuracy": acc, "steps": t_cfg.steps,
-               "rollouts_generated": rollouts_generated, "run_dir": str(run_dir)}
+    summary = {"start_accuracy": state["start_accuracy"], "final_accuracy": state["accuracy"],
+               "steps": t_cfg.steps, "rollouts_generated": state["rollouts_generated"],
+               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

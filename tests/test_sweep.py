@@ -1,0 +1,225 @@
+"""Sweep reports from hand-written multirun dirs, the launcher/sweeper configs, and the sweep scripts."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from replaygrpo.report.sweep import collect_runs, run_headline, sweep_plot, sweep_table
+from tests.conftest import REPO, toy_overrides
+
+CONF_DIR = str(REPO / "conf")
+
+
+def write_job(sweep: Path, tau: int | None, seed: int, evals: list[float], status: str = "finished",
+              bench: tuple[float, float] | None = None) -> Path:
+    """A job dir as `replaygrpo train --multirun` leaves it: .hydra files, metrics.jsonl, summary.json."""
+    tau_s = "null" if tau is None else str(tau)
+    job = sweep / f"method=replay,replay.tau_max={tau_s},seed={seed}"
+    (job / ".hydra").mkdir(parents=True)
+    tau_y = "null" if tau is None else tau
+    (job / ".hydra" / "config.yaml").write_text(
+        f"seed: {seed}\nmodel:\n  name: toy\nmethod:\n  name: replay\nreplay:\n  tau_max: {tau_y}\n  alpha: 1.0\n")
+    (job / ".hydra" / "overrides.yaml").write_text(
+        f"- method=replay\n- replay.tau_max={tau_s}\n- seed={seed}\n- trainer.steps={len(evals)}\n")
+    rows = [{"step": i + 1, "rollouts/generated": 16 * (i + 1), "reward/mean": 0.1 * (i + 1), "time/step": 1.0 + i,
+             "eval/accuracy": acc, "eval/tokens_mean": 5.0} for i, acc in enumerate(evals)]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if status == "finished":
+        (job / "summary.json").write_text(json.dumps({"start_accuracy": 0.0, "final_accuracy": evals[-1],
+                                                      "steps": len(evals), "rollouts_generated": 16 * len(evals)}))
+    elif status == "failed":
+        (job / "cli.log").write_text("[INFO] step 1\nTraceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    if bench is not None:
+        (job / "eval").mkdir()
+        results = {"schema": "replaygrpo.results/1", "model": str(job), "k": 1,
+                   "benchmarks": {"math500": {"n": 500, "accuracy": bench[0], "mean_tokens": bench[1]}},
+                   "average": {"accuracy": bench[0], "mean_tokens": bench[1]}}
+        (job / "eval" / "results.json").write_text(json.dumps(results))
+    return job
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Path:
+    """tau_max in {1, 2} x seed in {0, 1}, plus a failed (tau 2, seed 2) and an unfinished (tau 1, seed 2) job."""
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 1, 0, [0.1, 0.5, 0.6, 0.7])  # last 3: 0.6
+    write_job(sweep, 1, 1, [0.2, 0.6, 0.7, 0.8])  # last 3: 0.7
+    write_job(sweep, 2, 0, [0.3, 0.7, 0.8, 0.9])  # last 3: 0.8
+    write_job(sweep, 2, 1, [0.4, 0.8, 0.9, 1.0])  # last 3: 0.9
+    write_job(sweep, 2, 2, [0.5], status="failed")
+    write_job(sweep, 1, 2, [0.5, 0.5], status="unfinished")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")  # what Hydra writes at the sweep root
+    return sweep
+
+
+def md_rows(table: str) -> list[list[str]]:
+    lines = [x for x in table.splitlines() if x.startswith("|")]
+    return [[c.strip() for c in x.strip("|").split("|")] for x in lines[2:]]
+
+
+def test_collect_runs_statuses(grid: Path) -> None:
+    runs = {r.name: r for r in collect_runs(grid)}
+    assert len(runs) == 6
+    assert runs["method=replay,replay.tau_max=2,seed=2"].status == "failed"
+    assert runs["method=replay,replay.tau_max=1,seed=2"].status == "unfinished"
+    assert sum(r.status == "finished" for r in runs.values()) == 4
+    run = runs["method=replay,replay.tau_max=1,seed=0"]
+    assert run.config["replay.tau_max"] == 1 and run.overrides["seed"] == "0" and len(run.metrics) == 4
+    (grid / "method=replay,replay.tau_max=1,seed=2" / ".failed").write_text("")
+    assert {r.name: r for r in collect_runs(grid)}["method=replay,replay.tau_max=1,seed=2"].status == "failed"
+
+
+def test_table_two_rows_with_seed_means(grid: Path) -> None:
+    table = sweep_table(grid, ["replay.tau_max"])
+    rows = md_rows(table)
+    assert [r[0] for r in rows] == ["1", "2"]
+    # tau 1: last-3 means 0.6 and 0.7 -> 65.0 ± 7.1 (sample std); final accuracy 0.7, 0.8 -> 75.0 ± 7.1
+    assert rows[0][1:4] == ["2", "65.0 ± 7.1", "75.0 ± 7.1"]
+    assert rows[1][1:4] == ["2", "85.0 ± 7.1", "95.0 ± 7.1"]
+    assert rows[0][5] == "2.50"  # median s/step of 1, 2, 3, 4
+    assert rows[0][-1] == "0/1" and rows[1][-1] == "1/0"  # failed/unfinished
+    assert "method=replay,replay.tau_max=2,seed=2 (failed)" in table
+    assert "method=replay,replay.tau_max=1,seed=2 (unfinished)" in table
+    assert sweep_table(grid, "replay.tau_max", window=1).count("75.0 ± 7.1") == 2  # headline = final eval
+
+
+def test_table_formats(grid: Path) -> None:
+    rows = list(csv.DictReader(io.StringIO(sweep_table(grid, ["replay.tau_max"], fmt="csv"))))
+    assert [r["replay.tau_max"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["headline"]) == pytest.approx(0.65) and float(rows[1]["headline"]) == pytest.approx(0.85)
+    assert rows[0]["unfinished"] == "1" and rows[0]["not_finished_jobs"] == "method=replay,replay.tau_max=1,seed=2"
+    latex = sweep_table(grid, ["replay.tau_max"], fmt="latex")
+    assert "\\begin{tabular}" in latex and "65.0 $\\pm$ 7.1" in latex and "replay.tau\\_max" in latex
+    with pytest.raises(ValueError, match="unknown table format"):
+        sweep_table(grid, ["replay.tau_max"], fmt="html")
+
+
+def test_unknown_key_lists_swept_keys(grid: Path) -> None:
+    with pytest.raises(ValueError, match=r"replay\.tau_mx.*swept keys: replay\.tau_max, seed, trainer\.steps"):
+        sweep_table(grid, ["replay.tau_mx"])
+
+
+def test_null_sorts_last_and_group_choices_work(tmp_path: Path) -> None:
+    for tau in (None, 10, 2):
+        write_job(tmp_path, tau, 0, [0.5])
+    assert [r[0] for r in md_rows(sweep_table(tmp_path, "replay.tau_max"))] == ["2", "10", "none"]
+    # `method` is a config group choice: not in config.yaml, found in the overrides.
+    assert [r[0] for r in md_rows(sweep_table(tmp_path, "method"))] == ["replay"]
+    assert "Rows pool runs that also differ in: replay.tau_max" in sweep_table(tmp_path, "method")
+
+
+def test_benchmark_columns_and_aes(tmp_path: Path) -> None:
+    for tau, bench in ((1, (0.5, 100.0)), (2, (0.6, 80.0))):
+        for seed in (0, 1):
+            write_job(tmp_path, tau, seed, [0.5], bench=bench)
+    table = sweep_table(tmp_path, ["replay.tau_max"], baseline="tau_max=1")
+    rows = md_rows(table)
+    assert rows[0][-3:] == ["50.0 ± 0.0", "100", "0.000"]
+    # dL = 0.2, dA = +0.2: 0.2 + 3 * 0.2
+    assert rows[1][-3:] == ["60.0 ± 0.0", "80", "0.800"]
+    assert "AES" in table.splitlines()[0]
+    with pytest.raises(ValueError, match="baseline '7' is not a row"):
+        sweep_table(tmp_path, ["replay.tau_max"], baseline="7")
+
+
+def test_plot_writes_pngs(grid: Path, tmp_path: Path) -> None:
+    paths = sweep_plot(grid, ["replay.tau_max"], tmp_path / "plots")
+    assert [p.name for p in paths] == ["accuracy_by_replay.tau_max.png", "accuracy_vs_rollouts_by_replay.tau_max.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_headline(grid: Path) -> None:
+    assert run_headline(grid / "method=replay,replay.tau_max=1,seed=0") == pytest.approx(0.6)
+    assert run_headline(grid / "nope") is None
+
+
+# ---------------------------------------------------------------- launcher and sweeper configs
+def compose_hydra(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from replaygrpo.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_launcher_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launcher = compose_hydra("hydra/launcher=slurm").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.partition is None
+    assert launcher.cpus_per_task >= 1 and launcher.mem_gb >= 1 and launcher.timeout_min >= 60
+    assert launcher.array_parallelism >= 1 and launcher.name == "replaygrpo"
+    assert compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher.partition == "gpu"
+    assert compose_hydra("hydra/launcher=slurm_local").hydra.launcher._target_.endswith("LocalLauncher")
+
+
+def test_optuna_sweeper_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweeper = compose_hydra("hydra/sweeper=optuna_replay").hydra.sweeper
+    assert sweeper.direction == "maximize" and set(sweeper.params) == {"replay.replay_ratio", "replay.alpha"}
+
+
+# ---------------------------------------------------------------- scripts
+def test_reproduce_dry_run_lists_every_job(tmp_path: Path) -> None:
+    env = {**os.environ, "SEEDS": "0,1", "SWEEP_ROOT": str(tmp_path / "paper")}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh"), "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    jobs = [x for x in out.stdout.splitlines() if x.startswith("job ")]
+    assert len(jobs) == 3 * 3 * 2
+    assert any("4b" in j and "naive_replay" in j and "seed=1" in j and "experiment=paper_4b_naive_replay" in j
+               for j in jobs)
+    assert "total" in out.stdout.lower() and "GPU-hours" in out.stdout
+    assert not (tmp_path / "paper").exists()  # nothing launched
+    three = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh")], capture_output=True, text=True,
+                           env={**os.environ, "DRY_RUN": "1"}, timeout=60)
+    assert three.returncode == 0 and sum(x.startswith("job ") for x in three.stdout.splitlines()) == 27
+
+
+def test_toy_tau_sweep_dry_run() -> None:
+    out = subprocess.run(["bash", str(REPO / "scripts" / "toy_tau_sweep.sh"), "--dry-run"], capture_output=True,
+                         text=True, env={**os.environ, "SEEDS": "0", "STEPS": "2"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "replay.tau_max=0,1,2,4,8,null" in out.stdout and "trainer.steps=2" in out.stdout
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_multirun_to_table_end_to_end(tmp_path: Path) -> None:
+    from replaygrpo.cli import app
+
+    sweep = tmp_path / "sweep"
+    args = toy_overrides("trainer.eval_every=1", "method=replay", "replay.tau_max=1,2", "seed=0,1",
+                         f"hydra.sweep.dir={sweep}")
+    out = CliRunner().invoke(app, ["train", "--multirun", *args])
+    assert out.exit_code == 0, out.output
+    runs = collect_runs(sweep)
+    assert len(runs) == 4 and all(r.status == "finished" for r in runs)
+    rows = md_rows(sweep_table(sweep, ["replay.tau_max"]))
+    assert [r[0] for r in rows] == ["1", "2"] and all(r[1] == "2" for r in rows)
+    assert len(sweep_plot(sweep, ["replay.tau_max"], tmp_path / "plots")) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_two_jobs(tmp_path: Path) -> None:
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip("hydra-submitit-launcher is not installed (pip install -e '.[cluster]')")
+    from replaygrpo.cli import app
+
+    sweep = tmp_path / "sweep"
+    args = toy_overrides("hydra/launcher=slurm_local", "hydra.launcher.timeout_min=10", "seed=0,1",
+                         f"hydra.sweep.dir={sweep}")
+    out = CliRunner().invoke(app, ["train", "--multirun", *args])
+    assert out.exit_code == 0, out.output
+    assert [r.status for r in collect_runs(sweep)] == ["finished", "finished"]
