@@ -53,19 +53,59 @@ def fail(message: str, code: int = 2) -> None:
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
-def _train_app(dcfg: DictConfig) -> None:
+def _train_app(dcfg: DictConfig) -> float | None:
+    from hydra.types import RunMode
+
+    from replaygrpo.report.sweep import run_headline
     from replaygrpo.train import train
 
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    sweeping = hc.mode == RunMode.MULTIRUN
     try:
         cfg = to_config(dcfg)
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except _user_errors() as err:
-        fail(str(err))
+        summary = train(cfg, run_dir)
+        if cfg.eval_after_train:
+            from replaygrpo.evaluate import run_eval
+
+            cfg.model.name_or_path = str(run_dir)
+            cfg.eval.out = cfg.eval.out or str(run_dir / "eval")
+            run_eval(cfg)
+    except Exception as err:  # noqa: BLE001  (a sweep records the failure and goes on)
+        known = isinstance(err, _user_errors())
+        (run_dir / ".failed").write_text(f"{type(err).__name__}: {err}\n")
+        if not sweeping:
+            if known:
+                fail(str(err))
+            raise
+        log.error("job %s failed: %s", run_dir.name, err, exc_info=not known)
+        return None
     start, final = summary["start_accuracy"], summary["final_accuracy"]
     if start is not None:
         typer.echo(f"toy test accuracy: warm start {start:.3f} -> final {final:.3f} "
                    f"({summary['steps']} steps, {summary['rollouts_generated']} rollouts)")
     typer.echo(f"run directory: {summary['run_dir']}")
+    return run_headline(run_dir)
+
+
+def validate_sweep(args: list[str]) -> int:
+    """Compose and validate every job of a basic-sweeper multirun before any starts; returns the job count."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(o.startswith(("hydra/sweeper=", "hydra.sweeper")) for o in overrides):
+        return 0  # another sweeper chooses its own jobs
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        for job in jobs:
+            try:
+                to_config(compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")]))
+            except Exception as err:  # noqa: BLE001
+                fail(f"sweep job [{' '.join(job)}] is invalid, no job was started: {str(err).strip()}")
+    return len(jobs)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
@@ -106,6 +146,8 @@ def train(
     data=toy|math_train|dapo_math, engine=hf|vllm, experiment=PRESET. The run directory is
     hydra.run.dir (or hydra.sweep.dir with --multirun). `--cfg job` prints the config.
     """
+    if multirun:
+        validate_sweep(list(ctx.args))
     _run_hydra(_train_app, "train", list(ctx.args), multirun)
 
 
@@ -142,16 +184,26 @@ def regrade(
 
 @app.command()
 def table(
-    inputs: Annotated[list[Path], typer.Argument(help="results.json files, eval dirs or training run dirs.")],
+    inputs: Annotated[list[Path], typer.Argument(help="results.json files, eval dirs, run dirs, or one sweep dir with --by.")],
     baseline: Annotated[Optional[str], typer.Option(help="Row name or path: the AES baseline.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Row name or path: differences with a bootstrap CI.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md, csv or latex.")] = "md",
-    by: Annotated[Optional[str], typer.Option(help="Group a sweep's runs by this config key.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Sweep mode: group a sweep dir's runs by these keys (comma-separated).")] = None,
+    window: Annotated[int, typer.Option(help="Sweep mode: average the last N toy evals of each run.")] = 3,
 ) -> None:
-    """One row per method (seeds grouped, mean ± std), per-benchmark accuracy, AES, CIs."""
-    from replaygrpo.report.table import make_table
-
+    """One row per method (seeds grouped, mean ± std), per-benchmark accuracy, AES, CIs; or a sweep table."""
     try:
+        if by:
+            from replaygrpo.report.sweep import sweep_table
+
+            if len(inputs) != 1:
+                fail("--by takes exactly one sweep directory.")
+            typer.echo(sweep_table(inputs[0], by.split(","), fmt, window, baseline))
+            return
+        from replaygrpo.report.table import make_table
+
+        if baseline is None:
+            fail("--baseline is required (a row name or input path; AES is computed against it).")
         typer.echo(make_table([str(p) for p in inputs], baseline=baseline, reference=reference, fmt=fmt))
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
@@ -159,14 +211,21 @@ def table(
 
 @app.command()
 def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Training run directories.")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Training run directories, or one sweep dir with --by.")],
     out: Annotated[Path, typer.Option(help="Where the PNGs go.")] = Path("plots"),
+    by: Annotated[Optional[str], typer.Option(help="Sweep mode: accuracy against these keys (comma-separated).")] = None,
+    window: Annotated[int, typer.Option(help="Sweep mode: average the last N toy evals of each run.")] = 3,
 ) -> None:
-    """PNGs of reward and accuracy vs step and vs rollouts generated, lengths, replay ages."""
-    from replaygrpo.report.plot import make_plots
-
+    """PNGs of reward and accuracy vs step and vs rollouts generated, lengths, replay ages; or a sweep plot."""
     try:
-        paths = make_plots(list(run_dirs), out)
+        if by:
+            from replaygrpo.report.sweep import sweep_plot
+
+            paths = sweep_plot(run_dirs[0], by.split(","), out, window)
+        else:
+            from replaygrpo.report.plot import make_plots
+
+            paths = make_plots(list(run_dirs), out)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     for p in paths:

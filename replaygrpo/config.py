@@ -39,7 +39,7 @@ class ModelConfig:
     """Toy only: key/value heads (grouped-query attention, as in Qwen3)."""
     intermediate_size: int = 256
     """Toy only: MLP width."""
-    warmstart_steps: int = 300
+    warmstart_steps: int = 600
     """Toy only: supervised steps that make the 'base model' (cached by config)."""
     warmstart_lr: float = 1e-3
     """Toy only: learning rate of the supervised warm start."""
@@ -57,7 +57,7 @@ class DataConfig:
     """Local JSONL in the layout of shared/data/train/*; None = load from the hub."""
     template: str = "toy"
     """Prompt template name (see replaygrpo.data.prompts): toy, qwen_math, qwen_boxed."""
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
     """Toy only: difficulty levels mixed in the train and test sets (1 = easiest, 5 = hardest)."""
     num_train: int = 20000
     """Toy only: size of the train split."""
@@ -91,13 +91,13 @@ class EngineConfig:
 
 @dataclass
 class TrainerConfig:
-    steps: int = 200
+    steps: int = 100
     """RL steps (one generation batch and one optimiser step each)."""
     prompts_per_step: int = 16
     """Prompts drawn per step (B); each gets group_size completions."""
     group_size: int = 8
     """Completions per prompt (G)."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     """AdamW learning rate (constant after warm-up)."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps."""
@@ -107,7 +107,7 @@ class TrainerConfig:
     """Clip the global gradient norm to this (0 = off)."""
     micro_batch_tokens: int = 16384
     """Token budget per forward/backward micro-batch (gradients accumulate to one step)."""
-    eval_every: int = 25
+    eval_every: int = 20
     """Toy test accuracy every N steps (and at the start and end); 0 = only start and end."""
     eval_size: int = 512
     """Problems of the toy test split used at each eval."""
