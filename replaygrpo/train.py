@@ -227,7 +227,6 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                         advantage=float(adv[k]), birth_step=step, prompt_id=idx[k // t_cfg.group_size],
                         group_id=int(group_ids[k]))
                 for k, c in enumerate(completions)]
-            engine_logprobs = [c.logprobs for c in completions]
 
             # 5-7. Evict what is older than tau_max, then compose: all fresh + R replayed.
             replayed: list[Rollout] = []
@@ -252,7 +251,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             engine.sync_weights(model)
             t_sync = time.perf_counter()
 
-            # The buffer stores pi_old as the trainer saw it (or the engine's, by config).
+            # The buffer stores pi_old as the trainer saw it (or the engine's, by config). With
+            # anchor=false the displaced fresh rollouts are stored too, with the engine's log-probs.
             if buffer is not None:
                 if l_cfg.old_logprobs == "trainer":
                     for r, lp in zip(used, result.fresh_logprobs):

@@ -1,0 +1,72 @@
+"""`replaygrpo eval`, `table` and `plot` through the CLI on a freshly trained toy run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from replaygrpo.cli import app
+from replaygrpo.model import ModelLoadError, resolve_model_path
+from replaygrpo.rollout.types import Rollout
+from replaygrpo.update import update_step
+from tests.conftest import toy_overrides
+
+runner = CliRunner()
+BENCHMARKS = ["math500", "aime24", "amc23", "minerva_math", "olympiadbench"]
+
+
+def test_eval_table_plot_from_a_run_dir(tmp_path, shared_data):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}")]).exit_code == 0
+    outs = {}
+    for name, temp in (("greedy", "0"), ("sampled", "1.0")):
+        outs[name] = tmp_path / name
+        res = runner.invoke(app, ["eval", f"model.name_or_path={run}", f"eval.data_root={shared_data / 'benchmarks'}",
+                                  "eval.limit=3", "eval.k=2", "eval.max_new_tokens=8", f"eval.temperature={temp}",
+                                  f"eval.out={outs[name]}", f"hydra.run.dir={tmp_path / ('hydra_' + name)}"])
+        assert res.exit_code == 0, res.output
+        results = json.loads((outs[name] / "results.json").read_text())
+        assert results["k"] == 2 and set(results["benchmarks"]) == set(BENCHMARKS)
+        for b in BENCHMARKS:
+            lines = (outs[name] / f"{b}.jsonl").read_text().splitlines()
+            assert len(lines) == 3 * 2 and results["benchmarks"][b]["n"] == 3
+    # Accuracy is 0 on real benchmarks for the toy model, so AES against it is undefined: the table says so.
+    table = runner.invoke(app, ["table", str(outs["greedy"]), str(outs["sampled"]), "--baseline", "greedy",
+                                "--format", "md"])
+    assert table.exit_code == 0, table.output
+    assert "greedy" in table.output and "sampled" in table.output and "AES" in table.output
+    bad = runner.invoke(app, ["table", str(outs["greedy"]), "--baseline", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+    plots = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "plots")])
+    assert plots.exit_code == 0, plots.output
+    assert list((tmp_path / "plots").glob("*.png"))
+
+
+def test_model_dir_without_weights_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="holds no weights"):
+        resolve_model_path(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_non_finite_gradient_skips_the_step():
+    model = torch.nn.Module()
+    model.emb = torch.nn.Embedding(8, 8)
+
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    model.forward = lambda input_ids, attention_mask: Out(model.emb(input_ids) * float("nan"))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.emb.weight.detach().clone()
+    r = Rollout(torch.tensor([1, 2], dtype=torch.int32), torch.tensor([3, 4], dtype=torch.int32),
+                torch.zeros(2), 1.0, 1.0, 0, 0, 0)
+    result = update_step(model, opt, [r], [0], num_fresh=1, pad_id=0, temperature=1.0, clip_low=0.2,
+                         clip_high=0.2, agg="token_mean", old_logprobs="trainer", tis_cap=None,
+                         token_budget=64, grad_clip=1.0)
+    assert result.skipped
+    assert torch.equal(model.emb.weight, before)
