@@ -38,17 +38,3 @@ class MetricsLogger:
 def progress_bar(total: int) -> Progress:
     return Progress(TextColumn("step"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn())
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a malformed line is an error naming the file and line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({err.msg})") from None
-    return rows

@@ -16,7 +16,6 @@ Gold rules (the harness's, see shared/data/README.md section 1):
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from replaygrpo.data.problem import Problem
+from replaygrpo.jsonl import read_jsonl
 
 
 class BenchmarkError(ValueError):
@@ -132,28 +132,13 @@ def _row_to_problem(name: str, row: dict[str, Any], index: int, where: str) -> P
     return Problem(id=pid, question=question, gold=gold, source=name)
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; errors name the file and the line."""
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file {str(path)!r} does not exist.")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{path}:{lineno}: malformed JSON ({err.msg}).") from None
-            if not isinstance(obj, dict):
-                raise BenchmarkError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
-            rows.append((lineno, obj))
-    return rows
+def read_benchmark_file(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    return read_jsonl(path, what="benchmark file", error=BenchmarkError)
 
 
 def _load_local(name: str, root: Path, limit: int | None) -> list[Problem]:
     path = root / name / "test.jsonl"
-    rows = read_jsonl(path)[:limit]
+    rows = read_benchmark_file(path)[:limit]
     return [_row_to_problem(name, row, i, f"{path}:{lineno}") for i, (lineno, row) in enumerate(rows)]
 
 

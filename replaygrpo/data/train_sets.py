@@ -6,13 +6,13 @@ empty gold (two in MATH train) are dropped, with a count in the log.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from replaygrpo.config import Config
 from replaygrpo.data.problem import Problem
 from replaygrpo.data.toy import make_split
+from replaygrpo.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +24,6 @@ HUB_IDS = {
 
 class DataError(ValueError):
     pass
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is an error naming the file and line."""
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist.")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON line ({err.msg}).") from None
-    return rows
 
 
 def _verl_row(row: dict, path: Path, lineno: int) -> tuple[str, str]:
@@ -60,7 +44,7 @@ def load_train_set(cfg: Config) -> list[Problem]:
         return _load_hub(d.name)
     path = Path(d.path)
     problems, dropped = [], 0
-    for lineno, row in enumerate(read_jsonl(path), 1):
+    for lineno, row in read_jsonl(path, what="data file", error=DataError):
         question, gold = _verl_row(row, path, lineno)
         if not gold.strip():
             dropped += 1

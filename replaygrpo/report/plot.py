@@ -11,7 +11,6 @@ global backend is set and nothing needs a display.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from replaygrpo.jsonl import read_jsonl
 from replaygrpo.report import group_runs, load_run_config
 
 STEP, GENERATED = "step", "rollouts/generated"
@@ -34,18 +34,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PlotError(f"{path} is missing: pass training run dirs (each holds metrics.jsonl).")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue  # a run killed mid-write
-            raise PlotError(f"{path}:{i + 1}: malformed JSON line.") from None
-    return records
+    return [row for _, row in read_jsonl(path, error=PlotError, torn_tail_ok=True)]
 
 
 def _finite(x: Any) -> bool:
