@@ -17,8 +17,12 @@ class MetricsLogger:
         self._file = path.open("a", encoding="utf-8")
         self._wandb = None
         if cfg.logger.wandb:
+            import os
+
             import wandb  # imported only when asked for
 
+            if not os.environ.get("WANDB_API_KEY"):
+                os.environ.setdefault("WANDB_MODE", "offline")  # works with no account
             self._wandb = wandb.init(project=cfg.logger.project, dir=str(path.parent),
                                      config=asdict(cfg), name=path.parent.name)
 

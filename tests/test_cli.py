@@ -80,3 +80,12 @@ def test_bad_input_is_one_clear_error(tmp_path):
     out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={tmp_path / 'd'}", "data=math_train",
                                                         f"data.path={broken}")])
     assert out.exit_code == 2 and f"{broken}:2" in out.output
+
+
+def test_wandb_logger_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}", "logger=wandb", "trainer.steps=1")])
+    assert out.exit_code == 0, out.output
+    assert list((run / "wandb").glob("offline-run-*"))
