@@ -26,7 +26,7 @@ class ModelConfig:
     tokenizer: str | None = None
     """Tokenizer path or hub id; None = the model's own (the toy builds its own)."""
     dtype: str = "float32"
-    """Weights dtype for training: float32 or bfloat16."""
+    """Compute dtype: float32, or bfloat16 (autocast over float32 master weights while training)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (large models on GPU)."""
     hidden_size: int = 128

@@ -32,7 +32,7 @@ from replaygrpo.data.benchmarks import TOY, load_benchmark
 from replaygrpo.data.problem import Problem
 from replaygrpo.data.prompts import render
 from replaygrpo.grading import GradingPool, extract_answer
-from replaygrpo.model import FINAL_MODEL
+from replaygrpo.model import FINAL_MODEL, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,9 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
     # Workers start first so their imports overlap with loading the model.
     with GradingPool(cfg.eval.grader_workers, cfg.eval.grade_timeout) as pool:
         model, tok = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.device, cfg.model.tokenizer)
-        engine = build_engine("hf", model=model, eos_token_id=end_of_text_id(model, tok),
-                              pad_token_id=tok.pad_token_id, batch_size=cfg.eval.batch_size)
+        eos = end_of_text_id(model, tok)
+        engine = build_engine("hf", model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                              batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns) as progress:
             for name, items in todo.items():

@@ -60,3 +60,17 @@ def end_of_text_id(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> int:
     if isinstance(eos, list):
         eos = eos[0]
     return int(eos if eos is not None else tok.eos_token_id)
+
+
+STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
+
+
+def stop_token_ids(tok: PreTrainedTokenizerBase, eos: int) -> list[int]:
+    """eos plus the ChatML turn end where the vocabulary has it: a base model under the
+    qwen_math template otherwise writes on into turns it invents."""
+    ids = {eos}
+    for t in STOP_TOKENS:
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id:
+            ids.add(i)
+    return sorted(ids)

@@ -35,7 +35,7 @@ from replaygrpo.data.train_sets import load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.grpo import group_advantages
 from replaygrpo.metrics import MetricsLogger, progress_bar
-from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model
+from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, stop_token_ids
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
@@ -80,7 +80,7 @@ def load_policy(cfg: Config):
         from replaygrpo.toymodel import warm_start
 
         path = str(warm_start(cfg))
-    model, tok = load_model(path, cfg.model.dtype, cfg.device, cfg.model.tokenizer)
+    model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer)  # master weights
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tok
@@ -150,8 +150,12 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                   for p in problems]
     sampler = PromptSampler(len(problems), seed=cfg.seed)
 
+    # bf16 compute under autocast over float32 master weights: a bf16 AdamW step at lr 1e-6
+    # would round away on most weights.
+    autocast_dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else None
     engine = build_engine(e_cfg.name, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                          batch_size=e_cfg.batch_size, cfg=cfg)
+                          batch_size=e_cfg.batch_size, cfg=cfg, stop_token_ids=stop_token_ids(tok, eos),
+                          autocast_dtype=autocast_dtype)
     buffer = build_buffer(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -245,7 +249,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 temperature=e_cfg.temperature, clip_low=l_cfg.clip_low, clip_high=l_cfg.clip_high,
                 agg=l_cfg.agg, old_logprobs=l_cfg.old_logprobs, tis_cap=l_cfg.tis_cap,
                 token_budget=t_cfg.micro_batch_tokens, grad_clip=t_cfg.grad_clip,
-                ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour)
+                ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour,
+                autocast_dtype=autocast_dtype)
             scheduler.step()
             t_update = time.perf_counter()
             engine.sync_weights(model)

@@ -97,6 +97,7 @@ def update_step(
     max_age: int = 0,
     engine_logprobs: list[Tensor] | None = None,
     chunk_size: int | None = 4096,
+    autocast_dtype: torch.dtype | None = None,
 ) -> UpdateResult:
     """Forward, clipped-surrogate loss and backward over micro-batches, then one optimiser step.
 
@@ -120,7 +121,8 @@ def update_step(
         batch = [rollouts[i] for i in mb]
         ids, attn, comp, old, behaviour = _pad(batch, pad_id)
         ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
-        logp = sequence_token_logprobs(model, ids, attn, temperature, chunk_size)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logp = sequence_token_logprobs(model, ids, attn, temperature, chunk_size)
         old = old.to(device)
         is_fresh = torch.tensor([i < num_fresh for i in mb], device=device)
         if old_logprobs == "trainer":

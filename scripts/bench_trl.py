@@ -46,6 +46,7 @@ def main() -> None:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from replaygrpo.config import Config
@@ -131,6 +132,7 @@ def main() -> None:
             if logs and "completions/mean_length" in logs:
                 lengths.append(float(logs["completions/mean_length"]))
 
+    trainer.remove_callback(PrinterCallback)  # logs go to on_log above, not stdout
     trainer.add_callback(Timer())
     t0 = time.perf_counter()
     trainer.train()

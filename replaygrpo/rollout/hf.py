@@ -15,11 +15,16 @@ from replaygrpo.rollout.types import Completion, SamplingParams
 
 @register_engine("hf")
 class HFEngine:
-    def __init__(self, model: PreTrainedModel, eos_token_id: int, pad_token_id: int, batch_size: int = 256, cfg: object = None):
+    def __init__(self, model: PreTrainedModel, eos_token_id: int, pad_token_id: int, batch_size: int = 256,
+                 cfg: object = None, stop_token_ids: list[int] | None = None,
+                 autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.eos = eos_token_id
+        # Every token that ends a completion (e.g. <|im_end|> as well under a ChatML prompt).
+        self.stop_ids = sorted({eos_token_id, *(stop_token_ids or [])})
         self.pad = pad_token_id
         self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
@@ -47,27 +52,39 @@ class HFEngine:
         greedy = params.temperature == 0
         was_training = self.model.training
         self.model.eval()
-        gen = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device),
+        autocast = torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
+                                  enabled=self.autocast_dtype is not None)
+        with autocast:
+            gen = self._call_generate(ids.to(device), mask.to(device), params, greedy)
+        self.model.train(was_training)
+        return self._completions(gen, width, len(prompts), params, greedy)
+
+    def _call_generate(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams, greedy: bool):
+        return self.model.generate(
+            input_ids=ids, attention_mask=mask,
             do_sample=not greedy, temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p, top_k=None if greedy else 0,
             max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
-            eos_token_id=self.eos, pad_token_id=self.pad,
+            eos_token_id=self.stop_ids, pad_token_id=self.pad,
             output_logits=not greedy, return_dict_in_generate=True,
         )
-        self.model.train(was_training)
+
+    def _completions(self, gen, width: int, num_prompts: int, params: SamplingParams,
+                     greedy: bool) -> list[list[Completion]]:
         new = gen.sequences[:, width:].cpu()
         if greedy:
             logprobs = torch.zeros(new.shape, dtype=torch.float32)
         else:
-            logits = torch.stack(gen.logits, dim=1).float().cpu()  # (N, T, V)
-            logprobs = torch.log_softmax(logits / params.temperature, dim=-1)
-            logprobs = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        is_eos = new == self.eos
+            # One step at a time: never a (N, T, V) float copy of the logits.
+            tokens = gen.sequences[:, width:]
+            logprobs = torch.stack([
+                torch.log_softmax(step.float() / params.temperature, dim=-1).gather(-1, tokens[:, t:t + 1]).squeeze(-1)
+                for t, step in enumerate(gen.logits)], dim=1).cpu()
+        is_eos = torch.isin(new, torch.tensor(self.stop_ids))
         has_eos = is_eos.any(dim=1)
         lengths = torch.where(has_eos, is_eos.int().argmax(dim=1) + 1, torch.full_like(has_eos, new.shape[1], dtype=torch.long))
         groups: list[list[Completion]] = []
-        for i in range(len(prompts)):
+        for i in range(num_prompts):
             group = []
             for j in range(params.n):
                 r = i * params.n + j
