@@ -86,7 +86,7 @@ def warm_start_dir(overrides: list[str]) -> Path:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = to_config(compose("config", overrides=overrides))
+        cfg = to_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
     return (REPO / warm_start(cfg)).resolve()
 
 

@@ -85,6 +85,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     """Median update_step time on the fresh batch and on fresh + as many replayed, in-process."""
     import torch
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from replaygrpo.config import register_configs, to_config
     from replaygrpo.data.prompts import render
@@ -98,8 +99,9 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     from replaygrpo.update import update_step
 
     register_configs()
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = to_config(compose("config", overrides=overrides))
+        cfg = to_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
     seed_everything(cfg.seed)
     t, e, lo = cfg.trainer, cfg.engine, cfg.loss
     model, tok = load_policy(cfg)

@@ -2,21 +2,18 @@
 # The age-bound sweep on the toy lab (CPU): replay.tau_max in {0, 1, 2, 4, 8, null} x 3
 # seeds, then one table and two plots, written to docs/results/toy_tau_sweep.md.
 #
-#   scripts/toy_tau_sweep.sh                      # the full sweep: 18 runs of 200 steps
+#   scripts/toy_tau_sweep.sh                      # the full sweep: 18 runs of 60 steps
 #   STEPS=10 SEEDS=0 scripts/toy_tau_sweep.sh     # a quick try (6 short runs)
 #   scripts/toy_tau_sweep.sh --dry-run            # print the commands only
 #   scripts/toy_tau_sweep.sh trainer.lr=1e-4      # extra args are Hydra overrides for every run
 #
-# Environment: STEPS (default 200), SEEDS (default 0,1,2), TAUS (default 0,1,2,4,8,null),
+# Environment: STEPS (default 60), SEEDS (default 0,1,2), TAUS (default 0,1,2,4,8,null),
 # SWEEP_DIR (default multirun/toy_tau_sweep), OUT (default docs/results), WINDOW (evals
 # averaged per run, default 3), DRY_RUN=1 (same as --dry-run).
 #
-# Time: Hydra's basic launcher runs the jobs one after another, in this process. A default
-# toy run (16 prompts x 8 completions per step) was measured at ~10 s/step on 2 busy CPU
-# cores, plus ~10 s per 512-problem eval (every 25 steps), so about 35 min per 200-step
-# run and about 10 h for the 18 runs. STEPS=100 halves that. The first toy run in a fresh
-# clone also builds the cached warm start (~45 s). Running jobs in parallel
-# (hydra-joblib-launcher) gains nothing on 2 cores, because each run already uses both.
+# Time: Hydra's basic launcher runs the jobs one after another, in this process. On 2 idle
+# CPU cores a 60-step toy replay run takes about 45 s with its evals (every 10 steps), so
+# the 18 runs take about 15 minutes (plus ~90 s for the cached warm start in a fresh clone).
 # Run dirs are never overwritten: rerunning into the same SWEEP_DIR stops at the first job
 # that already holds a run. Remove the dir to start over.
 set -euo pipefail
@@ -31,7 +28,7 @@ for arg in "$@"; do
     *) EXTRA+=("$arg") ;;
   esac
 done
-STEPS="${STEPS:-200}"
+STEPS="${STEPS:-60}"
 SEEDS="${SEEDS:-0,1,2}"
 TAUS="${TAUS:-0,1,2,4,8,null}"
 SWEEP_DIR="${SWEEP_DIR:-multirun/toy_tau_sweep}"
@@ -39,7 +36,7 @@ OUT="${OUT:-docs/results}"
 WINDOW="${WINDOW:-}"
 if command -v replaygrpo >/dev/null; then RG=replaygrpo; else RG=.venv/bin/replaygrpo; fi
 
-TRAIN=("$RG" train --multirun method=replay "replay.tau_max=$TAUS" "seed=$SEEDS" "trainer.steps=$STEPS"
+TRAIN=("$RG" train --multirun method=replay "replay.tau_max=$TAUS" "seed=$SEEDS" "trainer.steps=$STEPS" trainer.eval_every=10
        "hydra.sweep.dir=$SWEEP_DIR" ${EXTRA[@]+"${EXTRA[@]}"})
 TABLE=("$RG" table "$SWEEP_DIR" --by replay.tau_max ${WINDOW:+--window "$WINDOW"})
 PLOT=("$RG" plot "$SWEEP_DIR" --by replay.tau_max ${WINDOW:+--window "$WINDOW"} --out "$OUT")

@@ -1,0 +1,173 @@
+"""The vLLM engine against the HF engine and the trainer, on the tiny toy Qwen3 (CPU build of vLLM).
+
+Run in the vLLM venv (scripts/make_vllm_venv.sh):  .venv-vllm/bin/python -m pytest -m vllm tests/test_vllm.py
+The base suite deselects these (pytest addopts) and skips them where vLLM is not installed.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from replaygrpo.config import Config  # noqa: E402
+from replaygrpo.rollout.engine import build_engine  # noqa: E402
+from replaygrpo.rollout.hf import HFEngine  # noqa: E402
+from replaygrpo.rollout.types import Rollout, SamplingParams  # noqa: E402
+from replaygrpo.rollout.vllm_engine import VLLMEngine, weight_chunks  # noqa: E402
+from replaygrpo.toymodel import build_model, build_tokenizer  # noqa: E402
+from replaygrpo.update import _pad, sequence_token_logprobs  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+QUESTIONS = ("Question: 3 + 4 = ?\nAnswer: ", "1 =", "12 + 345 + 6 = ?")
+
+
+def _cfg(**engine) -> Config:
+    cfg = Config()
+    cfg.model.dtype = "float32"
+    cfg.engine.name = "vllm"
+    for k, v in engine.items():
+        setattr(cfg.engine, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = build_model(Config(), len(tok), tok.eos_token_id).eval()
+    prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+    return model, tok, prompts
+
+
+@pytest.fixture(scope="module")
+def engine(toy, tmp_path_factory):
+    model, tok, _ = toy
+    eng = build_engine("vllm", model=model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       batch_size=64, cfg=_cfg(sync="reload"), workdir=str(tmp_path_factory.mktemp("vllm")))
+    yield eng
+    eng.close()
+
+
+def _trainer_logprobs(model, prompts, groups, pad, temperature):
+    rollouts = [Rollout(torch.tensor(p, dtype=torch.int32), c.token_ids, c.logprobs, 0.0, 1.0, 0, 0, 0)
+                for p, g in zip(prompts, groups) for c in g]
+    ids, attn, comp, old, _ = _pad(rollouts, pad)
+    with torch.no_grad():
+        trainer = sequence_token_logprobs(model, ids, attn, temperature)
+    assert comp.sum() > 0
+    return trainer[comp], old[comp]
+
+
+def test_registry_and_fresh_engine_agrees(engine):
+    assert isinstance(engine, VLLMEngine)
+    assert engine.last_logprob_gap is not None and engine.last_logprob_gap < 1e-4
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_match_trainer(engine, toy, temperature):
+    model, tok, prompts = toy
+    groups = engine.generate(prompts, SamplingParams(n=3, temperature=temperature, max_new_tokens=6, seed=1))
+    assert [len(g) for g in groups] == [3, 3, 3]
+    trainer, behaviour = _trainer_logprobs(model, prompts, groups, tok.pad_token_id, temperature)
+    assert torch.allclose(trainer, behaviour, atol=1e-4), (trainer - behaviour).abs().max()
+
+
+def test_greedy_matches_hf(engine, toy):
+    model, tok, prompts = toy
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    ours = engine.generate(prompts, params)
+    hf = HFEngine(model, tok.eos_token_id, tok.pad_token_id).generate(prompts, params)
+    for a, b in zip(ours, hf):
+        assert a[0].token_ids.tolist() == b[0].token_ids.tolist()
+        assert a[0].finish_reason == b[0].finish_reason
+        assert a[0].token_ids.dtype == torch.int32 and a[0].logprobs.dtype == torch.float32
+
+
+def test_seeds_and_stop_tokens(engine, toy, monkeypatch):
+    _, tok, prompts = toy
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=3)
+    a, b = engine.generate(prompts, params), engine.generate(prompts, params)
+    assert [c.token_ids.tolist() for g in a for c in g] == [c.token_ids.tolist() for g in b for c in g]
+    other = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=4))
+    assert [c.token_ids.tolist() for g in a for c in g] != [c.token_ids.tolist() for g in other for c in g]
+    for c in (c for g in a for c in g):
+        assert c.finish_reason == ("stop" if c.token_ids[-1] == tok.eos_token_id else "length")
+        assert c.finish_reason == "stop" or c.token_ids.numel() == 8
+        assert c.logprobs.shape == c.token_ids.shape
+    # Every token a stop token: each completion is its first token, which it keeps.
+    monkeypatch.setattr(engine, "stop_ids", list(range(len(tok))))
+    for c in (c for g in engine.generate(prompts, params) for c in g):
+        assert c.token_ids.numel() == 1 and c.finish_reason == "stop"
+
+
+def test_weight_chunks_are_bounded(toy):
+    model = toy[0]
+    sd = model.state_dict()
+    limit = 64 * 1024
+    chunks = list(weight_chunks(model, torch.bfloat16, limit))
+    assert [n for c in chunks for n, _ in c] == list(sd)
+    for c in chunks:
+        assert all(t.dtype == torch.bfloat16 for _, t in c)
+        assert len(c) == 1 or sum(t.numel() * 2 for _, t in c) <= limit
+
+
+def _train_a_little(model, tok, steps=3, lr=0.5):
+    """A few SGD steps on random sequences: weights move enough to change every log-prob."""
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        ids = torch.randint(0, len(tok), (8, 16), generator=g)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("sync", ["reload", "inplace"])
+def test_sync_after_training_step(engine, toy, monkeypatch, sync):
+    base, tok, prompts = toy
+    monkeypatch.setattr(engine.cfg, "sync", sync)
+    monkeypatch.setattr(engine.cfg, "max_logprob_gap", 1e-3)
+    model = copy.deepcopy(base)
+    engine.sync_weights(model)  # the shared engine may hold another test's weights
+    assert engine.last_logprob_gap < 1e-4
+    assert engine.probe is not None  # fixed by the first generate call, then kept
+    probe = [list(s) for s in engine.probe]
+    _train_a_little(model, tok)
+    # A stale engine: the check sees it and names the key to look at.
+    stale = engine.logprob_gap(model)
+    assert stale > engine.cfg.max_logprob_gap
+    with pytest.raises(RuntimeError, match="engine.max_logprob_gap"):
+        engine._check(model)
+    engine.sync_weights(model)
+    assert engine.probe == probe
+    assert engine.last_logprob_gap < 1e-4
+    assert engine.metrics() == {"sync/logprob_gap": engine.last_logprob_gap}
+    groups = engine.generate(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=2))
+    trainer, behaviour = _trainer_logprobs(model, prompts, groups, tok.pad_token_id, 1.0)
+    assert torch.allclose(trainer, behaviour, atol=1e-4), (trainer - behaviour).abs().max()
+    engine.sync_weights(base)  # leave the shared engine as the other tests expect it
+
+
+def test_engine_rebuild_keeps_the_trainers_rng(engine, toy, monkeypatch):
+    # Built in-process, vLLM seeds python, numpy and torch globally; the engine undoes that.
+    monkeypatch.setattr(engine.cfg, "sync", "reload")  # a reload sync rebuilds the LLM
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    engine.sync_weights(toy[0])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_sleep_is_a_noop_without_sleep_mode(engine, toy):
+    if engine.sleep_supported:
+        pytest.skip("sleep mode is available here (GPU): covered by the GPU check")
+    engine.sleep()
+    engine.wake_up()
+    assert engine.generate(toy[2][:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=2))
