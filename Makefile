@@ -13,16 +13,17 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/replaygrpo demo
 
 test: setup
-	$(BIN)/python -m pytest -q -x
+	$(BIN)/python -m pytest -q -x --durations=15
 
 bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python scripts/bench.py
 
 clean:
