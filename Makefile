@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/replaygrpo demo
+	$(BIN)/replaygrpo train
 
 test: setup
 	$(BIN)/python -m pytest -q -x --durations=15
