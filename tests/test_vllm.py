@@ -137,6 +137,7 @@ def test_sync_after_training_step(engine, toy, monkeypatch, sync):
     model = copy.deepcopy(base)
     engine.sync_weights(model)  # the shared engine may hold another test's weights
     assert engine.last_logprob_gap < 1e-4
+    engine.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0))
     assert engine.probe is not None  # fixed by the first generate call, then kept
     probe = [list(s) for s in engine.probe]
     _train_a_little(model, tok)
