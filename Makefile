@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-vllm bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -x --durations=15
+
+# vLLM's CPU build in its own venv (~4 GB, ~5 minutes the first time).
+test-vllm:
+	bash scripts/make_vllm_venv.sh
+	.venv-vllm/bin/python -m pytest -m vllm -q tests/test_vllm.py
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -243,7 +243,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             ages = [0] * len(used) + [step - r.birth_step for r in replayed]
             behaviour = [r.old_logprobs for r in batch] if l_cfg.tis_cap else None
 
-            # 8-9. One clipped-surrogate optimiser step on the composed batch.
+            # 8-9. One clipped-surrogate optimiser step on the composed batch, then push the weights.
+            engine.sleep()
             result = update_step(
                 model, optimizer, batch, ages, num_fresh=len(used), pad_id=tok.pad_token_id,
                 temperature=e_cfg.temperature, clip_low=l_cfg.clip_low, clip_high=l_cfg.clip_high,
@@ -303,6 +304,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 "time/grade": t_grade - t_gen,
                 "time/update": t_update - t_grade,
                 "time/sync": t_sync - t_update,
+                **engine.metrics(),
             }
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
                 state["accuracy"], eval_tokens = toy_eval(engine, tok, test_problems, grader, cfg, eos)

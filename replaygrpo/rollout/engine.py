@@ -20,7 +20,15 @@ class Engine(Protocol):
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s current weights."""
+        """Make the engine sample from `model`'s current weights (and wake it if asleep)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory for the update (no-op where it shares the model)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Per-step engine metrics, e.g. sync/logprob_gap."""
         ...
 
 

@@ -30,6 +30,12 @@ class HFEngine:
         if model is not self.model:
             self.model.load_state_dict(model.state_dict())
 
+    def sleep(self) -> None:
+        pass  # the trainer's own module: nothing to free
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         if params.seed is not None:
