@@ -141,10 +141,10 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
 
     # --- the policy, its frozen reference (only if KL is on), the data -------------------
+    problems = load_train_set(cfg)  # first: a bad data file should fail before minutes of model loading
     model, tok = load_policy(cfg)
     eos = end_of_text_id(model, tok)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
-    problems = load_train_set(cfg)
     test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
     prompt_ids = [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"]
                   for p in problems]

@@ -89,3 +89,26 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}", "logger=wandb", "trainer.steps=1")])
     assert out.exit_code == 0, out.output
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_invalid_sweep_value_fails_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = runner.invoke(app, ["train", "--multirun", *toy_overrides(f"hydra.sweep.dir={sweep}", "method=replay",
+                                                                     "replay.tau_max=1,-1")])
+    assert out.exit_code == 2 and "replay.tau_max=-1" in out.output and "no job was started" in out.output
+    assert not sweep.exists()
+
+
+def test_crashed_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
+    good = tmp_path / "good.jsonl"
+    row = {"prompt": [{"role": "user", "content": "What is 1 + 1?"}], "reward_model": {"ground_truth": "2"}}
+    good.write_text("".join(json.dumps(row) + "\n" for _ in range(8)))
+    sweep = tmp_path / "sweep"
+    out = runner.invoke(app, ["train", "--multirun", *toy_overrides(
+        f"hydra.sweep.dir={sweep}", "data=math_train", "data.template=toy",
+        f"data.path={good},{tmp_path / 'missing.jsonl'}")])
+    assert out.exit_code == 0, out.output
+    failed = list(sweep.rglob(".failed"))
+    finished = list(sweep.rglob("summary.json"))
+    assert len(failed) == 1 and "missing.jsonl" in failed[0].read_text()
+    assert len(finished) == 1

@@ -63,3 +63,16 @@ def test_grpo_learns_the_toy_task(tmp_path):
     evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
     late = sum(evals[-3:]) / 3
     assert late >= summary["start_accuracy"] + 0.05, (summary, evals)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("method=replay", "loss.old_logprobs=engine", "loss.tis_cap=2.0"),
+    ("method=replay", "replay.unit=group", "replay.max_reuse=1", "replay.alpha=0"),
+    ("method=replay", "loss.agg=seq_mean_token_sum", "loss.adv_scale=none", "loss.kl_coef=0.1"),
+])
+def test_switches_run_end_to_end(tmp_path, overrides):
+    rows = run(tmp_path, *overrides, "trainer.steps=3")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["loss/skipped"] == 0 for r in rows)
+    if "loss.kl_coef=0.1" in overrides:
+        assert rows[-1]["loss/kl"] >= 0.0
