@@ -70,3 +70,13 @@ def test_non_finite_gradient_skips_the_step():
                          token_budget=64, grad_clip=1.0)
     assert result.skipped
     assert torch.equal(model.emb.weight, before)
+
+
+def test_eval_after_train_writes_run_dir_eval(tmp_path):
+    run = tmp_path / "run"
+    out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}", "trainer.steps=1", "eval_after_train=true",
+                                                      "eval.benchmarks=[toy]", "eval.limit=16", "eval.max_new_tokens=8")])
+    assert out.exit_code == 0, out.output
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["benchmarks"]["toy"]["n"] == 16
+    assert len((run / "eval" / "toy.jsonl").read_text().splitlines()) == 16
