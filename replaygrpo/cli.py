@@ -72,6 +72,10 @@ def _train_app(dcfg: DictConfig) -> float | None:
             cfg.eval.out = cfg.eval.out or str(run_dir / "eval")
             run_eval(cfg)
     except Exception as err:  # noqa: BLE001  (a sweep records the failure and goes on)
+        from replaygrpo.train import Interrupted
+
+        if isinstance(err, Interrupted):  # pre-empted: checkpointed, stop the whole sweep
+            fail(str(err))
         known = isinstance(err, _user_errors())
         (run_dir / ".failed").write_text(f"{type(err).__name__}: {err}\n")
         if not sweeping:
@@ -80,6 +84,7 @@ def _train_app(dcfg: DictConfig) -> float | None:
             raise
         log.error("job %s failed: %s", run_dir.name, err, exc_info=not known)
         return None
+    (run_dir / ".failed").unlink(missing_ok=True)  # a resumed run that finished is no longer failed
     start, final = summary["start_accuracy"], summary["final_accuracy"]
     if start is not None:
         typer.echo(f"toy test accuracy: warm start {start:.3f} -> final {final:.3f} "
