@@ -128,6 +128,8 @@ def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
         "ratio_per_repeat": [t / r for t, r in zip(trl_step, rg_step)],
         "ratio_per_token": (trl_s / trl_tok) / (rg_s / rg_tok),
         "rg_tokens": rg_tok, "trl_tokens": trl_tok,
+        "reward": med(r["reward/mean"] for r in rg_all), "zero_adv": med(r["batch/zero_adv_frac"] for r in rg_all),
+        "truncated": med(r["response/truncated_frac"] for r in rg_all),
         "rg_parts": {k: med(r[f"time/{k}"] for r in rg_all) for k in ("generate", "grade", "update", "sync")}
         | {"other": med(map(other, rg_all))},
         "rg_share": {k: sum(r[f"time/{k}"] for r in rg_all) / sum(r["time/step"] for r in rg_all)
@@ -157,7 +159,7 @@ def buffer_bench(quick: bool) -> dict:
 
 
 def memory_bench(quick: bool) -> dict:
-    args = ["--tokens", "256", "--hidden", "256"] if quick else ["--tokens", "2048", "--hidden", "1024"]
+    args = ["--tokens", "256", "--hidden", "256", "--chunk", "64"] if quick else ["--tokens", "2048", "--hidden", "1024"]
     out = Path(tempfile.mkdtemp(prefix="bench_mem_")) / "mem.json"
     cmd = [PY, str(REPO / "scripts" / "bench_logprobs_memory.py"), *args, "--json", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -181,7 +183,8 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
     out = [
         "# Benchmarks (`make bench`)",
         "",
-        f"Written by `scripts/bench.py` on {info['date']} in {wall / 60:.1f} min"
+        f"Written by `scripts/bench.py` on {info['date']} in {wall / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in info["took"].items()) + ")"
         + (" (**--quick: smoke sizes, not the figures**)" if quick else "") + ".",
         f"Machine: {info['cores']} cores ({info['usable_cores']} usable, torch threads {info['torch_threads']}), "
         f"{info['cpu']}; load average {info['load_start']:.1f} at start, {info['load_end']:.1f} at end. "
@@ -221,11 +224,17 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
             trp = " / ".join(f"{fmt_ms(p['trl_parts'][k])} ({100 * p['trl_share'][k]:.0f}%)"
                              for k in ("generate", "reward", "score_other", "loss_forward", "backward", "optimizer"))
             out.append(f"| {p['size']} | {rgp} | {trp} |")
-        p0 = res["peer"][0]
-        out += ["", f"Steps per run: {p0['steps']} ({p0['warmup']} warm-up dropped; replaygrpo's last step, which "
-                f"holds the final toy eval, dropped too), {p0['repeats']} interleaved repeats per side. "
-                "31.5M = the toy lab's Qwen3 at hidden 512, 8 layers, 8 heads / 4 KV heads, MLP 2048, random "
-                "init (`model.warmstart_steps=0`), so its completions run to the 24-token limit on both sides.",
+        out += ["", "Steps per run: " + ", ".join(
+                    f"{p['size']} {p['steps']} ({p['warmup']} warm-up dropped)" for p in res["peer"])
+                + "; replaygrpo's last step, which holds the final toy eval, is dropped too; interleaved "
+                "repeats per side: " + ", ".join(f"{p['size']} {p['repeats']}" for p in res["peer"]) + ". 31.5M = the toy lab's Qwen3 at hidden 512, "
+                "8 layers, 8 heads / 4 KV heads, MLP 2048, random init (`model.warmstart_steps=0`). In the "
+                "replaygrpo runs (median per step): " + "; ".join(
+                    f"{p['size']}: reward {p['reward']:.2f}, zero-advantage rollouts {100 * p['zero_adv']:.0f}%, "
+                    f"truncated at 24 tokens {100 * p['truncated']:.0f}%" for p in res["peer"])
+                + ". The random-init model never earns a reward, so every advantage is 0 there: both trainers "
+                "still run the full forward and backward, and the timing is valid as equal work, but an "
+                "optimisation that skips zero-advantage rollouts would make that row meaningless.",
                 "", "Reproduce one side: `.venv/bin/replaygrpo train method=grpo trainer.prompts_per_step=8 "
                 "trainer.group_size=8 engine.max_new_tokens=24 trainer.eval_every=0 trainer.eval_size=8 "
                 "trainer.steps=N [31.5M overrides]` and `.venv/bin/python scripts/bench_trl.py --model-dir "
@@ -286,17 +295,67 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
             n, c = rr[f"{start}-naive"]["peak_bytes"], rr[f"{start}-chunked"]["peak_bytes"]
             out.append(f"| {start} (`{fn}`) | {n / 2**20:.0f} MiB | {c / 2**20:.0f} MiB | **{n / max(c, 1):.1f}x** |")
         out += ["", f"Reproduce: `.venv/bin/{m['cmd']}`.", ""]
+    out += bounds(res)
     return "\n".join(out)
+
+
+def bounds(res: dict) -> list[str]:
+    """For each missed target, what this run's own figures say bounds it."""
+    lines: list[str] = []
+    for p in res.get("peer", []):
+        target = 1.5 if p["size"] == "toy" else 1.0
+        if p["ratio"] >= target:
+            continue
+        budget = p["trl_s"] / target
+        fixed = p["rg_parts"]["generate"] + p["rg_parts"]["grade"]
+        trl_update = p["trl_parts"]["loss_forward"] + p["trl_parts"]["backward"] + p["trl_parts"]["optimizer"]
+        lines.append(
+            f"- Peer, {p['size']}: {target:.1f}x needs replaygrpo at <= {fmt_ms(budget)}/step. Generation is the same "
+            f"transformers `generate` call on both sides ({fmt_ms(p['rg_parts']['generate'])} vs "
+            f"{fmt_ms(p['trl_parts']['generate'])}); with grading it leaves {fmt_ms(max(budget - fixed, 0))} for the "
+            f"update, which takes {fmt_ms(p['rg_parts']['update'])} (TRL's loss forward + backward + optimiser: "
+            f"{fmt_ms(trl_update)}). That time is inside torch's forward and backward over the same rollouts "
+            "(under cProfile, update_step's own Python is under 1 ms a step at toy size), so the update has to "
+            "push fewer positions through the model than TRL does, not trim overhead, to reach the target.")
+    r = res.get("replay")
+    if r and r["ratio"] > 1.10:
+        m = r["micro"]
+        lines.append(
+            f"- Replay's cost ({r['ratio']:.2f} by the grpo per-token rate): replay's own bookkeeping is "
+            f"{m['bookkeeping_s'] * 1000:.2f} ms a step ({100 * r['bookkeeping_share']:.1f}% of the extra update); "
+            f"the rest is the update itself, which pads every row to the longest one: the replay batch has "
+            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the padded positions for "
+            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens, and the "
+            f"directly measured marginal cost of the extra rollouts gives {r['ratio_marginal']:.2f}.")
+    b = res.get("buffer")
+    if b and b["step_ms"] >= 5:
+        ph = re.search(r"add ([\d.]+) ms, evict ([\d.]+) ms, sample ([\d.]+) ms", b["stdout"])
+        if ph:
+            lines.append(
+                f"- Buffer ({b['step_ms']:.2f} ms): add {ph.group(1)} ms (copies 1,024 x 1,000 tokens = 8 MB into "
+                f"the store and checks the shared prompts), evict {ph.group(2)} ms, sample {ph.group(3)} ms (builds "
+                "512 Rollout objects with three tensor views each).")
+    return ["## What bounds the missed targets", "", *lines, ""] if lines else []
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke sizes (seconds per part), not the figures")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="interleaved repeats per side in the peer runs (default: 4 at toy size, 2 at 31.5M)")
+    ap.add_argument("--replay-repeats", type=int, default=3, help="interleaved repeats per method in the replay runs")
     ap.add_argument("--only", default="peer,replay,buffer,memory")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "bench.md"))
     ap.add_argument("--json", default=None, help="also write every measurement as JSON here")
+    ap.add_argument("--from-json", default=None, help="re-render --out from a --json of an earlier run; run nothing")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        info = saved["machine"]
+        wall = info.get("wall", sum(info.get("took", {}).values()))
+        Path(args.out).write_text(render(info, saved["results"], wall, saved.get("quick", False)) + "\n")
+        print(f"wrote {args.out} from {args.from_json}")
+        return
     parts = set(args.only.split(","))
     t_start = time.perf_counter()
     info = machine() | {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -306,7 +365,8 @@ def main() -> None:
           f"transformers {info['transformers']}, trl {info['trl']}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     res: dict = {}
-    steps = {"toy": (10, 2) if args.quick else (40, 5), "31.5M": (4, 1) if args.quick else (12, 3)}
+    steps = {"toy": (10, 2) if args.quick else (40, 5), "31.5M": (4, 1) if args.quick else (8, 2)}
+    took: dict[str, float] = {}
     if "peer" in parts:
         if info["trl"] == "not installed":
             print("trl is not installed: skipping the peer comparison (pip install 'trl>=1.16,<2')", flush=True)
@@ -314,15 +374,20 @@ def main() -> None:
             res["peer"] = []
             for size in SIZES:
                 n, w = steps[size]
-                p = peer(size, n, w, args.repeats, work)
+                t0 = time.perf_counter()
+                reps = args.repeats or (4 if size == "toy" else 2)
+                p = peer(size, n, w, 1 if args.quick else reps, work)
+                took[f"peer {size}"] = time.perf_counter() - t0
                 res["peer"].append(p)
                 print(f"[peer {size}, {p['params'] / 1e6:.2f}M params] replaygrpo {fmt_ms(p['rg_s'])}/step, "
                       f"TRL {fmt_ms(p['trl_s'])}/step -> {p['ratio']:.2f}x (per repeat "
                       f"{', '.join(f'{x:.2f}' for x in p['ratio_per_repeat'])}); generated tokens/step "
                       f"{p['rg_tokens']:.0f} vs {p['trl_tokens']:.0f}; load {p['load']:.1f}", flush=True)
     if "replay" in parts:
-        n, w = (10, 3) if args.quick else (60, 5)
-        r = measure(n, args.repeats, w, PEER, 4 if args.quick else 20)
+        n, w = (10, 3) if args.quick else (50, 5)
+        t0 = time.perf_counter()
+        r = measure(n, args.replay_repeats, w, PEER, 4 if args.quick else 20)
+        took["replay"] = time.perf_counter() - t0
         res["replay"] = r
         print("[replay cost]\n" + report(r), flush=True)
     if "peer" in res or "replay" in res:
@@ -340,19 +405,26 @@ def main() -> None:
                 f"{k} {100 * b['share'][k]:.1f}%" for k in ("generate", "grade", "update", "sync", "other")),
                 flush=True)
     if "buffer" in parts:
+        t0 = time.perf_counter()
         res["buffer"] = buffer_bench(args.quick)
+        took["buffer"] = time.perf_counter() - t0
         print(f"[buffer] {res['buffer']['step_ms']:.2f} ms/step at {res['buffer']['rollouts']:,} rollouts, "
               f"{res['buffer']['bytes_per_token']:.2f} bytes/token", flush=True)
     if "memory" in parts:
+        t0 = time.perf_counter()
         res["memory"] = memory_bench(args.quick)
+        took["memory"] = time.perf_counter() - t0
         print("[memory]\n" + res["memory"]["stdout"], flush=True)
     info["load_end"] = load()
+    info["took"] = took
+    info["wall"] = time.perf_counter() - t_start
     wall = time.perf_counter() - t_start
     text = render(info, res, wall, args.quick)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "results": res}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"machine": info, "results": res, "quick": args.quick}, indent=2,
+                                              default=str))
     print(f"wrote {args.out} in {wall / 60:.1f} min", flush=True)
 
 

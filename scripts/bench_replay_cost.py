@@ -27,6 +27,7 @@ update has fixed per-step costs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -93,6 +94,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     from replaygrpo.grading import GradingPool
     from replaygrpo.grpo import group_advantages
     from replaygrpo.model import end_of_text_id
+    from replaygrpo.replay import ReplayBuffer, compose_batch
     from replaygrpo.rollout.engine import build_engine
     from replaygrpo.rollout.types import Rollout, SamplingParams
     from replaygrpo.train import load_policy, seed_everything
@@ -152,10 +154,31 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
         base.append(once(fresh, len(fresh)))
         both.append(once(fresh + replayed, len(fresh)))
     grader.close()
+
+    # Replay's own bookkeeping, as the loop does it each step: evict, compose (sample
+    # R of the buffer), store pi_old on the fresh rollouts, add the step's rollouts.
+    buf = ReplayBuffer(tau_max=cfg.replay.tau_max, alpha=cfg.replay.alpha, floor=cfg.replay.floor,
+                       unit=cfg.replay.unit)
+    gen = torch.Generator().manual_seed(0)
+    books = []
+    batches = [fresh, old[:len(fresh)], old[len(fresh):]]
+    for step in range(3 + reps):
+        new = [dataclasses.replace(r, birth_step=step) for r in batches[step % 3]]
+        t0 = time.perf_counter()
+        buf.evict(step)
+        used, rep = compose_batch(new, buf, step, cfg.replay.replay_ratio, cfg.replay.anchor, gen)
+        buf.add(used)
+        if step >= 3:  # the buffer holds tau_max steps from here on
+            books.append(time.perf_counter() - t0)
+
+    def padded(batch: list[Rollout]) -> int:
+        return len(batch) * max(r.prompt_ids.numel() + r.num_tokens for r in batch)
+
     return {"fresh_rollouts": len(fresh), "replayed_rollouts": len(replayed),
             "fresh_tokens": sum(r.num_tokens for r in fresh), "extra_tokens": sum(r.num_tokens for r in replayed),
+            "padded_fresh": padded(fresh), "padded_fresh_plus_replay": padded(fresh + replayed),
             "update_fresh_s": med(base), "update_fresh_plus_replay_s": med(both),
-            "extra_update_s": med(b - a for a, b in zip(base, both))}
+            "extra_update_s": med(b - a for a, b in zip(base, both)), "bookkeeping_s": med(books)}
 
 
 def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_reps: int) -> dict:
@@ -198,6 +221,7 @@ def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_r
         "ratio_full_step": extra_step / (per_token * extra_tokens),
         "micro": micro, "update_s_per_token_marginal": micro_per_token,
         "ratio_marginal": extra_nongen / (micro_per_token * extra_tokens),
+        "bookkeeping_share": micro["bookkeeping_s"] / micro["extra_update_s"],
     }
     return out
 
@@ -220,13 +244,18 @@ def report(r: dict) -> str:
         f"marginal update cost of the extra rollouts (in-process, {m['replayed_rollouts']} rollouts, "
         f"{m['extra_tokens']} tokens): {m['extra_update_s'] * 1000:.1f} ms "
         f"({r['update_s_per_token_marginal'] * 1e6:.1f} us/token) -> ratio {r['ratio_marginal']:.2f}",
+        f"  padded positions in the update batch: {m['padded_fresh']} fresh only, {m['padded_fresh_plus_replay']} "
+        f"with replay ({m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x for "
+        f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x completion tokens)",
+        f"replay bookkeeping per step (evict + compose + add, in-process): {m['bookkeeping_s'] * 1000:.2f} ms "
+        f"= {100 * r['bookkeeping_share']:.1f}% of the extra update time",
     ])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--micro-reps", type=int, default=20)
     ap.add_argument("--json", default=None)
