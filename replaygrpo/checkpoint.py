@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from replaygrpo.report import flatten
+
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
@@ -73,21 +75,11 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
         torch.cuda.set_rng_state_all(cuda)
 
 
-def flat_config(cfg_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in cfg_dict.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring those a resume may change."""
-    a, b = flat_config(saved), flat_config(current)
-    return sorted(k for k in set(a) | set(b)
-                  if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_KEYS))
+def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (saved, current)} for values that differ, ignoring those a resume may change."""
+    a, b = flatten(saved), flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_KEYS)}
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaygrpo.checkpoint import (CheckpointError, find_resume_point, flat_config, incompatible_keys,
+from replaygrpo.checkpoint import (CheckpointError, find_resume_point, incompatible_keys,
                                    load_checkpoint, save_checkpoint, set_rng_state, truncate_metrics)
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
@@ -87,12 +87,12 @@ def load_policy(cfg: Config):
 
 
 @torch.no_grad()
-def toy_eval(engine, tok, problems, grader: GradingPool, cfg: Config, eos: int) -> tuple[float, float]:
+def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: GradingPool,
+             max_new_tokens: int) -> tuple[float, float]:
     """Greedy accuracy and mean response tokens on the toy test split."""
-    prompts = [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in problems]
-    out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.trainer.eval_max_new_tokens))
-    texts = [tok.decode(g[0].token_ids.tolist(), skip_special_tokens=True) for g in out]
-    correct = grader.grade_many(texts, [p.gold for p in problems])
+    out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
+    correct = grader.grade_many(texts, golds)
     return float(np.mean(correct)), float(np.mean([g[0].token_ids.numel() for g in out]))
 
 
@@ -146,8 +146,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     eos = end_of_text_id(model, tok)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
     test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
-    prompt_ids = [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"]
-                  for p in problems]
+    def encode(ps: list) -> list[list[int]]:
+        return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
+
+    prompt_ids = encode(problems)
+    test_prompts, test_golds = encode(test_problems), [p.gold for p in test_problems]
     sampler = PromptSampler(len(problems), seed=cfg.seed)
 
     # bf16 compute under autocast over float32 master weights: a bf16 AdamW step at lr 1e-6
@@ -175,8 +178,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         bad = incompatible_keys(saved["config"], cfg_dict)
         if bad:
             raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
-                                  + ", ".join(f"{k} ({flat_config(saved['config']).get(k)!r} -> "
-                                              f"{flat_config(cfg_dict).get(k)!r})" for k in bad))
+                                  + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
         model.load_state_dict(saved["weights"])
         optimizer.load_state_dict(saved["optim"]["optimizer"])
         scheduler.load_state_dict(saved["optim"]["scheduler"])
@@ -203,7 +205,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            state["start_accuracy"], _ = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+            state["start_accuracy"], _ = toy_eval(
+                engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
@@ -225,10 +228,10 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + state["next_group"]
             state["next_group"] += len(idx)
             adv = group_advantages(rewards, group_ids, scale=l_cfg.adv_scale)
+            prompt_tensors = [torch.tensor(prompt_ids[i], dtype=torch.int32) for i in idx]  # shared by a group
             fresh = [
-                Rollout(prompt_ids=torch.tensor(prompt_ids[idx[k // t_cfg.group_size]], dtype=torch.int32),
-                        completion_ids=c.token_ids, old_logprobs=c.logprobs, reward=float(rewards[k]),
-                        advantage=float(adv[k]), birth_step=step, prompt_id=idx[k // t_cfg.group_size],
+                Rollout(prompt_ids=prompt_tensors[k // t_cfg.group_size], completion_ids=c.token_ids,
+                        old_logprobs=c.logprobs, reward=float(rewards[k]), advantage=float(adv[k]), birth_step=step, prompt_id=idx[k // t_cfg.group_size],
                         group_id=int(group_ids[k]))
                 for k, c in enumerate(completions)]
 
@@ -273,8 +276,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                             step + 1, state["bad_steps"])
             lengths = torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32)
             rep_ages = torch.tensor(ages[len(used):], dtype=torch.long)
-            n_age = max_age + 1 if cfg.method.name == "replay" and cfg.replay.tau_max is not None \
-                else int(rep_ages.max()) + 1 if len(rep_ages) else 1
+            n_age = max(max_age, *ages) + 1  # the age bound's length for replay, else what occurred
             tokens_by_age = result.tokens_by_age.clamp(min=1)
             metrics: dict[str, Any] = {
                 "step": step + 1,
@@ -307,7 +309,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 **engine.metrics(),
             }
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                state["accuracy"], eval_tokens = toy_eval(engine, tok, test_problems, grader, cfg, eos)
+                state["accuracy"], eval_tokens = toy_eval(engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
                 metrics["eval/accuracy"] = state["accuracy"]
                 metrics["eval/tokens_mean"] = eval_tokens
             metrics["loss/skipped_total"] = state["skipped_steps"]

@@ -47,10 +47,10 @@ def micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     return batches
 
 
-def _pad(rollouts: list[Rollout], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Right-padded (input_ids, attention_mask, completion_mask, old_logp, behaviour_logp).
+def _pad(rollouts: list[Rollout], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Right-padded (input_ids, attention_mask, completion_mask, old_logp).
 
-    Position t of the last four scores the token at t + 1, so a rollout with prompt
+    Position t of the last two scores the token at t + 1, so a rollout with prompt
     length P and completion length C occupies positions P-1 .. P+C-2.
     """
     width = max(r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts)
@@ -66,7 +66,7 @@ def _pad(rollouts: list[Rollout], pad_id: int) -> tuple[Tensor, Tensor, Tensor, 
         attn[i, :p + c] = 1
         comp[i, p - 1:p + c - 1] = True
         old[i, p - 1:p + c - 1] = r.old_logprobs
-    return ids, attn, comp, old, old.clone()
+    return ids, attn, comp, old
 
 
 def sequence_token_logprobs(model: torch.nn.Module, ids: Tensor, attn: Tensor, temperature: float,
@@ -119,7 +119,7 @@ def update_step(
     optimizer.zero_grad(set_to_none=True)
     for mb in micro_batches(lengths, token_budget):
         batch = [rollouts[i] for i in mb]
-        ids, attn, comp, old, behaviour = _pad(batch, pad_id)
+        ids, attn, comp, old = _pad(batch, pad_id)
         ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logp = sequence_token_logprobs(model, ids, attn, temperature, chunk_size)
@@ -127,10 +127,12 @@ def update_step(
         is_fresh = torch.tensor([i < num_fresh for i in mb], device=device)
         if old_logprobs == "trainer":
             old = torch.where(is_fresh[:, None], logp.detach(), old)
-        if engine_logprobs is not None:
+        behaviour = None
+        if engine_logprobs is not None and tis_cap:
+            behaviour = torch.zeros_like(old)
             for row, i in enumerate(mb):
                 p, c = rollouts[i].prompt_ids.numel(), rollouts[i].completion_ids.numel()
-                behaviour[row, p - 1:p + c - 1] = engine_logprobs[i]
+                behaviour[row, p - 1:p + c - 1] = engine_logprobs[i].to(device)
         ref_logp = None
         if ref_model is not None and kl_coef > 0:
             with torch.no_grad():
@@ -139,8 +141,7 @@ def update_step(
         loss, metrics = policy_loss(
             logp, old, adv, comp, clip_low=clip_low, clip_high=clip_high, agg=agg,
             ref_logp=ref_logp, kl_coef=kl_coef,
-            tis_cap=tis_cap if engine_logprobs is not None else None,
-            behaviour_logp=behaviour.to(device) if engine_logprobs is not None and tis_cap else None)
+            tis_cap=tis_cap if behaviour is not None else None, behaviour_logp=behaviour)
         # Weight so the accumulated gradient is that of the loss over the whole batch.
         if agg == "token_mean":
             weight = int(comp.sum()) / max(total_tokens, 1)

@@ -35,15 +35,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DRY_RUN="${DRY_RUN:-0}"
-EXTRA=()
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) EXTRA+=("$arg") ;;
-  esac
-done
+source scripts/_args.sh
+parse_args "$@"
 SEEDS="${SEEDS:-0,1,2}"
 SIZES="${SIZES:-0.6b 1.7b 4b}"
 SWEEP_ROOT="${SWEEP_ROOT:-multirun/paper}"

@@ -37,6 +37,7 @@ def test_eval_table_plot_from_a_run_dir(tmp_path, shared_data):
                                 "--format", "md"])
     assert table.exit_code == 0, table.output
     assert "greedy" in table.output and "sampled" in table.output and "AES" in table.output
+    assert "n/a" in table.output  # AES against a 0-accuracy baseline is undefined, and said so
     bad = runner.invoke(app, ["table", str(outs["greedy"]), "--baseline", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
     plots = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "plots")])

@@ -26,7 +26,7 @@ def test_engine_logprobs_match_trainer(toy, temperature):
     groups = engine.generate(prompts, SamplingParams(n=3, temperature=temperature, max_new_tokens=6, seed=1))
     rollouts = [Rollout(torch.tensor(p, dtype=torch.int32), c.token_ids, c.logprobs, 0.0, 1.0, 0, 0, 0)
                 for p, g in zip(prompts, groups) for c in g]
-    ids, attn, comp, old, _ = _pad(rollouts, tok.pad_token_id)
+    ids, attn, comp, old = _pad(rollouts, tok.pad_token_id)
     with torch.no_grad():
         trainer = sequence_token_logprobs(model, ids, attn, temperature)
     assert comp.sum() > 0

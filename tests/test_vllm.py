@@ -55,7 +55,7 @@ def engine(toy, tmp_path_factory):
 def _trainer_logprobs(model, prompts, groups, pad, temperature):
     rollouts = [Rollout(torch.tensor(p, dtype=torch.int32), c.token_ids, c.logprobs, 0.0, 1.0, 0, 0, 0)
                 for p, g in zip(prompts, groups) for c in g]
-    ids, attn, comp, old, _ = _pad(rollouts, pad)
+    ids, attn, comp, old = _pad(rollouts, pad)
     with torch.no_grad():
         trainer = sequence_token_logprobs(model, ids, attn, temperature)
     assert comp.sum() > 0
