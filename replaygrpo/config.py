@@ -107,6 +107,12 @@ class TrainerConfig:
     """Clip the global gradient norm to this (0 = off)."""
     micro_batch_tokens: int = 16384
     """Token budget per forward/backward micro-batch (gradients accumulate to one step)."""
+    shared_prefix: bool = True
+    """Forward each distinct prompt of a micro-batch once and its completions on its KV cache
+    (same values and gradients, ~G times fewer prompt positions); off under gradient checkpointing."""
+    skip_zero_advantage: bool = True
+    """Leave rollouts with advantage 0 out of the forward/backward: with kl_coef 0 their gradient is
+    exactly zero; they still count in the loss normaliser, so the step is unchanged."""
     eval_every: int = 20
     """Toy test accuracy every N steps (and at the start and end); 0 = only start and end."""
     eval_size: int = 512

@@ -254,7 +254,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 agg=l_cfg.agg, old_logprobs=l_cfg.old_logprobs, tis_cap=l_cfg.tis_cap,
                 token_budget=t_cfg.micro_batch_tokens, grad_clip=t_cfg.grad_clip,
                 ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour,
-                autocast_dtype=autocast_dtype)
+                autocast_dtype=autocast_dtype, shared_prefix=t_cfg.shared_prefix,
+                skip_zero_advantage=t_cfg.skip_zero_advantage)
             scheduler.step()
             t_update = time.perf_counter()
             engine.sync_weights(model)
@@ -287,6 +288,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 "batch/n_fresh": len(used),
                 "batch/n_replay": len(replayed),
                 "batch/zero_adv_frac": float((adv == 0).float().mean()),
+                "batch/rows_skipped": result.rows_skipped,
                 "buffer/size": len(buffer) if buffer is not None else 0,
                 "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
                 "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,

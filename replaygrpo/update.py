@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from replaygrpo.grpo import policy_loss, token_logprobs
+from replaygrpo.forward import CompletionBatch, completion_logprobs
+from replaygrpo.grpo import policy_loss
 from replaygrpo.rollout.types import Rollout
 
 
@@ -29,51 +30,31 @@ class UpdateResult:
     kl: float
     clip_count_by_age: Tensor  # (max_age + 1,) clipped tokens per rollout age
     ratio_sum_by_age: Tensor  # (max_age + 1,)
-    tokens_by_age: Tensor  # (max_age + 1,)
+    tokens_by_age: Tensor  # (max_age + 1,) tokens forwarded per rollout age
+    rows_skipped: int = 0  # zero-advantage rows left out of the forward
 
 
-def micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Indices grouped so each padded micro-batch (rows x longest row) fits the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def micro_batches(rollouts: list[Rollout], token_budget: int) -> list[list[int]]:
+    """Indices grouped so each micro-batch's padded size, rows x (longest prompt + longest
+    completion), fits the budget; rows of one prompt stay adjacent to share its forward."""
+    key: dict[bytes, int] = {}
+    prompt_key = [key.setdefault(r.prompt_ids.numpy().tobytes(), len(key)) for r in rollouts]
+    p_len = [r.prompt_ids.numel() for r in rollouts]
+    c_len = [r.completion_ids.numel() for r in rollouts]
+    order = sorted(range(len(rollouts)), key=lambda i: (p_len[i], prompt_key[i], c_len[i]))
     batches: list[list[int]] = []
     current: list[int] = []
+    max_p = max_c = 0
     for i in order:
-        if current and (len(current) + 1) * lengths[i] > token_budget:
+        p, c = max(max_p, p_len[i]), max(max_c, c_len[i])
+        if current and (len(current) + 1) * (p + c) > token_budget:
             batches.append(current)
-            current = []
+            current, p, c = [], p_len[i], c_len[i]
         current.append(i)
+        max_p, max_c = p, c
     if current:
         batches.append(current)
     return batches
-
-
-def _pad(rollouts: list[Rollout], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Right-padded (input_ids, attention_mask, completion_mask, old_logp).
-
-    Position t of the last two scores the token at t + 1, so a rollout with prompt
-    length P and completion length C occupies positions P-1 .. P+C-2.
-    """
-    width = max(r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts)
-    n = len(rollouts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
-    comp = torch.zeros((n, width - 1), dtype=torch.bool)
-    old = torch.zeros((n, width - 1), dtype=torch.float32)
-    for i, r in enumerate(rollouts):
-        p, c = r.prompt_ids.numel(), r.completion_ids.numel()
-        ids[i, :p] = r.prompt_ids
-        ids[i, p:p + c] = r.completion_ids
-        attn[i, :p + c] = 1
-        comp[i, p - 1:p + c - 1] = True
-        old[i, p - 1:p + c - 1] = r.old_logprobs
-    return ids, attn, comp, old
-
-
-def sequence_token_logprobs(model: torch.nn.Module, ids: Tensor, attn: Tensor, temperature: float,
-                            chunk_size: int | None = None) -> Tensor:
-    """(B, L-1) log-probs of each next token under `model` at `temperature`."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    return token_logprobs(logits, ids[:, 1:], temperature=temperature, chunk_size=chunk_size)
 
 
 def update_step(
@@ -98,45 +79,52 @@ def update_step(
     engine_logprobs: list[Tensor] | None = None,
     chunk_size: int | None = 4096,
     autocast_dtype: torch.dtype | None = None,
+    shared_prefix: bool = True,
+    skip_zero_advantage: bool = True,
 ) -> UpdateResult:
     """Forward, clipped-surrogate loss and backward over micro-batches, then one optimiser step.
 
     `rollouts[:num_fresh]` are this step's fresh rollouts; `ages[i]` is step - birth.
     For fresh rollouts in trainer mode the stored old_logprobs are ignored (pi_old is the
     detached forward). `engine_logprobs` (behaviour log-probs of every rollout) enables
-    truncated importance sampling when `tis_cap` is set.
+    truncated importance sampling when `tis_cap` is set. Rows with advantage 0 are left out
+    of the forward when `skip_zero_advantage` and no KL term needs them; they still count
+    in the normaliser, their clip/ratio metrics are not measured, and a skipped fresh row
+    keeps its given old_logprobs as its pi_old.
     """
     device = next(model.parameters()).device
-    lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts]
     total_tokens = sum(r.completion_ids.numel() for r in rollouts)
     total_seqs = len(rollouts)
-    fresh_logprobs: list[Tensor | None] = [None] * num_fresh
+    kl_on = ref_model is not None and kl_coef > 0
+    active = [i for i, r in enumerate(rollouts) if not (skip_zero_advantage and not kl_on and r.advantage == 0)]
+    # Gradient checkpointing drops the KV cache the shared-prefix forward builds on.
+    shared_prefix = shared_prefix and not getattr(model, "is_gradient_checkpointing", False)
+    fresh_logprobs = [r.old_logprobs for r in rollouts[:num_fresh]]
     n_age = max(max_age, max(ages, default=0)) + 1
     clip_by_age = torch.zeros(n_age)
     ratio_by_age = torch.zeros(n_age)
     tokens_by_age = torch.zeros(n_age)
     loss_total, kl_total = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
-    for mb in micro_batches(lengths, token_budget):
-        batch = [rollouts[i] for i in mb]
-        ids, attn, comp, old = _pad(batch, pad_id)
-        ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+    for mb in micro_batches([rollouts[i] for i in active], token_budget):
+        rows = [active[j] for j in mb]  # positions in `rollouts`
+        batch = [rollouts[i] for i in rows]
+        cb = CompletionBatch.build([r.prompt_ids for r in batch], [r.completion_ids for r in batch], pad_id)
+        cb = cb.to(device)
+        comp = cb.mask
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logp = sequence_token_logprobs(model, ids, attn, temperature, chunk_size)
-        old = old.to(device)
-        is_fresh = torch.tensor([i < num_fresh for i in mb], device=device)
+            logp = completion_logprobs(model, cb, temperature, chunk_size, shared_prefix)
+            ref_logp = None
+            if kl_on:
+                with torch.no_grad():
+                    ref_logp = completion_logprobs(ref_model, cb, temperature, chunk_size, shared_prefix)
+        old = _pad_values([r.old_logprobs for r in batch], comp.shape[1]).to(device)
         if old_logprobs == "trainer":
+            is_fresh = torch.tensor([i < num_fresh for i in rows], device=device)
             old = torch.where(is_fresh[:, None], logp.detach(), old)
         behaviour = None
         if engine_logprobs is not None and tis_cap:
-            behaviour = torch.zeros_like(old)
-            for row, i in enumerate(mb):
-                p, c = rollouts[i].prompt_ids.numel(), rollouts[i].completion_ids.numel()
-                behaviour[row, p - 1:p + c - 1] = engine_logprobs[i].to(device)
-        ref_logp = None
-        if ref_model is not None and kl_coef > 0:
-            with torch.no_grad():
-                ref_logp = sequence_token_logprobs(ref_model, ids, attn, temperature, chunk_size)
+            behaviour = _pad_values([engine_logprobs[i] for i in rows], comp.shape[1]).to(device)
         adv = torch.tensor([r.advantage for r in batch], dtype=torch.float32, device=device)
         loss, metrics = policy_loss(
             logp, old, adv, comp, clip_low=clip_low, clip_high=clip_high, agg=agg,
@@ -150,16 +138,18 @@ def update_step(
         (loss * weight).backward()
         loss_total += float(loss.detach()) * weight
         kl_total += float(metrics.get("kl", 0.0)) * weight
-        mb_ages = torch.tensor([ages[i] for i in mb])
+        mb_ages = torch.tensor([ages[i] for i in rows])
         clip_by_age.index_add_(0, mb_ages, metrics["seq_clip_count"].float().cpu())
         ratio_by_age.index_add_(0, mb_ages, metrics["seq_ratio_sum"].float().cpu())
         tokens_by_age.index_add_(0, mb_ages, metrics["seq_tokens"].float().cpu())
         detached = logp.detach().float().cpu()
-        for row, i in enumerate(mb):
+        for row, i in enumerate(rows):
             if i < num_fresh:
-                p, c = rollouts[i].prompt_ids.numel(), rollouts[i].completion_ids.numel()
-                fresh_logprobs[i] = detached[row, p - 1:p + c - 1].clone()
-    params = [p for p in model.parameters() if p.grad is not None]
+                fresh_logprobs[i] = detached[row, :rollouts[i].completion_ids.numel()].clone()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # every row skipped: AdamW still steps, as on the all-zero gradient
+            p.grad = torch.zeros_like(p)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     skipped = not (math.isfinite(loss_total) and bool(torch.isfinite(norm)))
     if skipped:
@@ -168,8 +158,16 @@ def update_step(
         optimizer.step()
     tokens = float(tokens_by_age.sum())
     return UpdateResult(
-        loss=loss_total, grad_norm=float(norm), skipped=skipped,
-        fresh_logprobs=[t if t is not None else torch.empty(0) for t in fresh_logprobs],
+        loss=loss_total, grad_norm=float(norm), skipped=skipped, fresh_logprobs=fresh_logprobs,
         clip_fraction=float(clip_by_age.sum()) / max(tokens, 1.0),
         ratio_mean=float(ratio_by_age.sum()) / max(tokens, 1.0), kl=kl_total,
-        clip_count_by_age=clip_by_age, ratio_sum_by_age=ratio_by_age, tokens_by_age=tokens_by_age)
+        clip_count_by_age=clip_by_age, ratio_sum_by_age=ratio_by_age, tokens_by_age=tokens_by_age,
+        rows_skipped=len(rollouts) - len(active))
+
+
+def _pad_values(values: list[Tensor], width: int) -> Tensor:
+    """(B, width) float32, right-padded with zeros."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    for i, v in enumerate(values):
+        out[i, :v.numel()] = v
+    return out

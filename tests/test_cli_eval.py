@@ -8,8 +8,10 @@ import torch
 from typer.testing import CliRunner
 
 from replaygrpo.cli import app
+from replaygrpo.config import Config
 from replaygrpo.model import ModelLoadError, resolve_model_path
 from replaygrpo.rollout.types import Rollout
+from replaygrpo.toymodel import build_model, build_tokenizer
 from replaygrpo.update import update_step
 from tests.conftest import toy_overrides
 
@@ -54,23 +56,18 @@ def test_model_dir_without_weights_is_named(tmp_path):
 
 
 def test_non_finite_gradient_skips_the_step():
-    model = torch.nn.Module()
-    model.emb = torch.nn.Embedding(8, 8)
-
-    class Out:
-        def __init__(self, logits):
-            self.logits = logits
-
-    model.forward = lambda input_ids, attention_mask: Out(model.emb(input_ids) * float("nan"))
+    tok = build_tokenizer()
+    model = build_model(Config(), len(tok), tok.eos_token_id)
+    model.lm_head.register_forward_hook(lambda module, args, out: out * float("nan"))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    before = model.emb.weight.detach().clone()
+    before = [p.detach().clone() for p in model.parameters()]
     r = Rollout(torch.tensor([1, 2], dtype=torch.int32), torch.tensor([3, 4], dtype=torch.int32),
                 torch.zeros(2), 1.0, 1.0, 0, 0, 0)
     result = update_step(model, opt, [r], [0], num_fresh=1, pad_id=0, temperature=1.0, clip_low=0.2,
                          clip_high=0.2, agg="token_mean", old_logprobs="trainer", tis_cap=None,
                          token_budget=64, grad_clip=1.0)
     assert result.skipped
-    assert torch.equal(model.emb.weight, before)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 
 
 def test_eval_after_train_writes_run_dir_eval(tmp_path):

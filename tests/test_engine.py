@@ -6,9 +6,9 @@ import torch
 
 from replaygrpo.config import Config
 from replaygrpo.rollout.hf import HFEngine
-from replaygrpo.rollout.types import Rollout, SamplingParams
+from replaygrpo.rollout.types import SamplingParams
 from replaygrpo.toymodel import build_model, build_tokenizer
-from replaygrpo.update import _pad, sequence_token_logprobs
+from replaygrpo.forward import score
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,12 @@ def test_engine_logprobs_match_trainer(toy, temperature):
     engine = HFEngine(model, tok.eos_token_id, tok.pad_token_id)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ("Question: 3 + 4 = ?\nAnswer: ", "1 =", "12 + 345 + 6 = ?")]
     groups = engine.generate(prompts, SamplingParams(n=3, temperature=temperature, max_new_tokens=6, seed=1))
-    rollouts = [Rollout(torch.tensor(p, dtype=torch.int32), c.token_ids, c.logprobs, 0.0, 1.0, 0, 0, 0)
-                for p, g in zip(prompts, groups) for c in g]
-    ids, attn, comp, old = _pad(rollouts, tok.pad_token_id)
-    with torch.no_grad():
-        trainer = sequence_token_logprobs(model, ids, attn, temperature)
-    assert comp.sum() > 0
-    assert torch.allclose(trainer[comp], old[comp], atol=1e-4)
+    completions = [c for g in groups for c in g]
+    trainer = score(model, [torch.tensor(p) for p, g in zip(prompts, groups) for _ in g],
+                    [c.token_ids for c in completions], tok.pad_token_id, temperature)
+    assert sum(c.token_ids.numel() for c in completions) > 0
+    torch.testing.assert_close(torch.cat(trainer), torch.cat([c.logprobs for c in completions]),
+                               atol=1e-4, rtol=0)
 
 
 def test_same_seed_same_samples_and_stop_tokens(toy):
@@ -47,3 +46,32 @@ def test_same_seed_same_samples_and_stop_tokens(toy):
     for c in a:
         assert c.finish_reason == ("stop" if c.token_ids[-1] == tok.eos_token_id else "length")
         assert c.finish_reason == "stop" or c.token_ids.numel() == 8
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.6])
+def test_samples_follow_the_model_distribution(toy, top_p):
+    """First tokens of 4,000 completions: frequencies match the model's (nucleus-renormalised)
+    probabilities, nothing outside the nucleus is drawn, and the reported log-prob is the
+    untruncated one."""
+    model, tok = toy
+    prompt = tok("Question: 7 + 5 = ?\nAnswer: ", add_special_tokens=False)["input_ids"]
+    temperature, n = 0.3, 4000
+    engine = HFEngine(model, tok.eos_token_id, tok.pad_token_id, batch_size=n)
+    group = engine.generate([prompt], SamplingParams(n=n, temperature=temperature, top_p=top_p,
+                                                     max_new_tokens=1, seed=5))[0]
+    first = torch.tensor([int(c.token_ids[0]) for c in group])
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1] / temperature
+    probs = torch.softmax(logits.double(), -1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = order[(sorted_p.cumsum(0) - sorted_p) < top_p]
+    nucleus = torch.zeros_like(probs)
+    nucleus[keep] = probs[keep] / probs[keep].sum()
+    counts = torch.bincount(first, minlength=probs.numel()).double()
+    assert counts[nucleus == 0].sum() == 0
+    expected = nucleus * n
+    for t in torch.nonzero(expected >= 20).flatten():
+        assert abs(counts[t] - expected[t]) <= 5 * expected[t].sqrt(), int(t)
+    assert len(torch.nonzero(expected >= 20)) >= 2  # the check above compares something
+    reported = torch.tensor([float(c.logprobs[0]) for c in group], dtype=torch.float64)
+    torch.testing.assert_close(reported, probs[first].log(), atol=1e-4, rtol=0)

@@ -15,10 +15,10 @@ pytest.importorskip("vllm")
 from replaygrpo.config import Config  # noqa: E402
 from replaygrpo.rollout.engine import build_engine  # noqa: E402
 from replaygrpo.rollout.hf import HFEngine  # noqa: E402
-from replaygrpo.rollout.types import Rollout, SamplingParams  # noqa: E402
+from replaygrpo.rollout.types import SamplingParams  # noqa: E402
 from replaygrpo.rollout.vllm_engine import VLLMEngine, weight_chunks  # noqa: E402
 from replaygrpo.toymodel import build_model, build_tokenizer  # noqa: E402
-from replaygrpo.update import _pad, sequence_token_logprobs  # noqa: E402
+from replaygrpo.forward import score  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -53,13 +53,11 @@ def engine(toy, tmp_path_factory):
 
 
 def _trainer_logprobs(model, prompts, groups, pad, temperature):
-    rollouts = [Rollout(torch.tensor(p, dtype=torch.int32), c.token_ids, c.logprobs, 0.0, 1.0, 0, 0, 0)
-                for p, g in zip(prompts, groups) for c in g]
-    ids, attn, comp, old = _pad(rollouts, pad)
-    with torch.no_grad():
-        trainer = sequence_token_logprobs(model, ids, attn, temperature)
-    assert comp.sum() > 0
-    return trainer[comp], old[comp]
+    completions = [c for g in groups for c in g]
+    trainer = score(model, [torch.tensor(p) for p, g in zip(prompts, groups) for _ in g],
+                    [c.token_ids for c in completions], pad, temperature)
+    assert sum(c.token_ids.numel() for c in completions) > 0
+    return torch.cat(trainer), torch.cat([c.logprobs for c in completions])
 
 
 def test_registry_and_fresh_engine_agrees(engine):

@@ -1,14 +1,17 @@
-"""Generation with transformers' `generate`, on CPU or GPU, sharing weights with the trainer.
+"""Sampling with the trainer's own transformers module, on CPU or GPU: weight sync is free.
 
-The behaviour log-prob of a sampled token is log_softmax(logits / temperature) at that
-token, the same quantity the trainer computes, so with top_p = 1 they agree up to
-floating-point noise. Sharing the module with the trainer makes weight sync free.
+A short loop rather than `generate`: each prompt is forwarded once and its KV cache
+repeated for its G completions (`generate` prefills every copy), and the sampled
+token's log-prob comes from the logits the loop already holds. That log-prob is
+log_softmax(logits / temperature) at the token, the quantity the trainer computes, so
+the two agree up to floating-point noise.
 """
 from __future__ import annotations
 
 import torch
 from transformers import PreTrainedModel
 
+from replaygrpo.forward import PromptBatch, prefill
 from replaygrpo.rollout.engine import register_engine
 from replaygrpo.rollout.types import Completion, SamplingParams
 
@@ -48,44 +51,48 @@ class HFEngine:
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         device = next(self.model.parameters()).device
-        width = max(map(len, prompts))
-        # Left padding keeps every prompt's last token at the same column for generate.
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        greedy = params.temperature == 0
         was_training = self.model.training
         self.model.eval()
         autocast = torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
                                   enabled=self.autocast_dtype is not None)
-        with autocast:
-            gen = self._call_generate(ids.to(device), mask.to(device), params, greedy)
-        self.model.train(was_training)
-        return self._completions(gen, width, len(prompts), params, greedy)
+        try:
+            with autocast:
+                tokens, logprobs = self._sample(PromptBatch.build(prompts, self.pad).to(device), params)
+        finally:
+            self.model.train(was_training)
+        return self._completions(tokens.cpu(), logprobs.cpu(), len(prompts), params)
 
-    def _call_generate(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams, greedy: bool):
-        return self.model.generate(
-            input_ids=ids, attention_mask=mask,
-            do_sample=not greedy, temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p, top_k=None if greedy else 0,
-            max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
-            eos_token_id=self.stop_ids, pad_token_id=self.pad,
-            output_logits=not greedy, return_dict_in_generate=True,
-        )
+    def _sample(self, prompts: PromptBatch, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N*n, T) sampled tokens (pad after a stop token) and their log-probs.
 
-    def _completions(self, gen, width: int, num_prompts: int, params: SamplingParams,
-                     greedy: bool) -> list[list[Completion]]:
-        new = gen.sequences[:, width:].cpu()
-        if greedy:
-            logprobs = torch.zeros(new.shape, dtype=torch.float32)
-        else:
-            # One step at a time: never a (N, T, V) float copy of the logits.
-            tokens = gen.sequences[:, width:]
-            logprobs = torch.stack([
-                torch.log_softmax(step.float() / params.temperature, dim=-1).gather(-1, tokens[:, t:t + 1]).squeeze(-1)
-                for t, step in enumerate(gen.logits)], dim=1).cpu()
+        Each prompt is forwarded once and its KV cache repeated for its n completions.
+        """
+        n_rows = prompts.ids.shape[0] * params.n
+        device = prompts.ids.device
+        rows = torch.arange(prompts.ids.shape[0], device=device).repeat_interleave(params.n)
+        last, cache = prefill(self.model, prompts, rows)
+        logits = last[rows]
+        mask = prompts.mask[rows]
+        position = prompts.lengths[rows]
+        stop = torch.tensor(self.stop_ids, device=device)
+        done = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        tokens, logprobs = [], []
+        for t in range(params.max_new_tokens):
+            token, logp = _pick(logits, params)
+            token = torch.where(done, self.pad, token)
+            tokens.append(token)
+            logprobs.append(logp)
+            done |= torch.isin(token, stop)
+            if t + 1 == params.max_new_tokens or bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
+            logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+            position = position + 1
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+    def _completions(self, new: torch.Tensor, logprobs: torch.Tensor, num_prompts: int,
+                     params: SamplingParams) -> list[list[Completion]]:
         is_eos = torch.isin(new, torch.tensor(self.stop_ids))
         has_eos = is_eos.any(dim=1)
         lengths = torch.where(has_eos, is_eos.int().argmax(dim=1) + 1, torch.full_like(has_eos, new.shape[1], dtype=torch.long))
@@ -100,3 +107,23 @@ class HFEngine:
                     finish_reason="stop" if bool(has_eos[r]) else "length"))
             groups.append(group)
         return groups
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row and its log-prob log_softmax(logits / T) (zeros when greedy).
+
+    Top-p draws from the nucleus, but the log-prob stays that of the untruncated
+    distribution, the quantity the trainer computes.
+    """
+    if params.temperature == 0:
+        token = logits.argmax(dim=-1)
+        return token, torch.zeros(token.shape, dtype=torch.float32, device=logits.device)
+    logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
+    probs = logp.exp()
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the most likely token always).
+        outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= params.top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    token = torch.multinomial(probs, 1).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)

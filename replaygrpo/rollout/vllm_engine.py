@@ -8,7 +8,7 @@ engine's model by reference.
 Log-prob convention. The engine is built with `logprobs_mode="processed_logprobs"`: the
 log-prob vLLM returns for a sampled token is taken after temperature scaling (and after
 top-p), i.e. log_softmax(logits / T) at that token when top_p = 1, the quantity the trainer
-computes (`replaygrpo.update.sequence_token_logprobs`) and the HF engine returns. With
+computes (`replaygrpo.forward.completion_logprobs`) and the HF engine returns. With
 top_p < 1 vLLM's value is the log-prob under the renormalised nucleus (the true behaviour
 probability), while the HF engine and the trainer use the untruncated distribution: keep
 top_p = 1 where pi_old comes from the engine. Greedy calls (temperature 0) return zeros,
@@ -300,25 +300,19 @@ class VLLMEngine:
                              dtype=torch.float32) for o, s in zip(outs, seqs)]
 
     def trainer_logprobs(self, model: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """The same quantity under the trainer's model, through the update's own code."""
-        from replaygrpo.update import sequence_token_logprobs
+        """The same quantity under the trainer's model, through the update's own forward."""
+        from replaygrpo.forward import score
 
         device = next(model.parameters()).device
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            attn[i, :len(s)] = 1
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                                                 enabled=self.autocast_dtype is not None):
-                lp = sequence_token_logprobs(model, ids.to(device), attn.to(device), 1.0).float().cpu()
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                return score(model, [torch.tensor(s[:1]) for s in seqs], [torch.tensor(s[1:]) for s in seqs],
+                             self.pad)
         finally:
             model.train(was_training)
-        return [lp[i, :len(s) - 1] for i, s in enumerate(seqs)]
 
     def logprob_gap(self, model: torch.nn.Module, seqs: list[list[int]] | None = None) -> float:
         """Mean |engine - trainer| per-token log-prob over the probe batch."""

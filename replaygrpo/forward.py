@@ -1,0 +1,131 @@
+"""Causal-LM forwards that run each distinct prompt once, for sampling and for the update.
+
+A GRPO batch holds G completions of every prompt. Forwarding prompt + completion per
+row repeats the prompt G times; here the distinct prompts go through the model once
+(left-padded, KV cache kept), the cache is gathered to one row per completion, and
+only the completion positions are forwarded on top of it. Gradients flow back through
+the gathered cache into the shared prompt forward, so values and gradients equal the
+full per-row forward (tests/test_forward.py). The gather is an index, so replayed
+rollouts of one prompt from different steps share its forward too.
+
+Layout: prompts (U, Wp) left-padded, completions (B, C) right-padded, row_prompt (B,)
+the prompt of each row. The logit that scores completion token j of row b is the last
+prompt position's for j = 0 and completion position j - 1's after that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from replaygrpo.grpo import token_logprobs
+
+
+@dataclass
+class PromptBatch:
+    """Distinct prompts, left-padded so every last prompt token sits in the last column."""
+
+    ids: Tensor  # (U, Wp) long
+    mask: Tensor  # (U, Wp) long, 1 on prompt tokens
+    lengths: Tensor  # (U,) long
+
+    @classmethod
+    def build(cls, prompts: list[Tensor] | list[list[int]], pad_id: int) -> PromptBatch:
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+        width = int(lengths.max())
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        return cls(ids, mask, lengths)
+
+    def to(self, device: torch.device) -> PromptBatch:
+        return PromptBatch(self.ids.to(device), self.mask.to(device), self.lengths.to(device))
+
+
+@dataclass
+class CompletionBatch:
+    prompts: PromptBatch
+    row_prompt: Tensor  # (B,) long, index into prompts
+    ids: Tensor  # (B, C) long, right-padded
+    mask: Tensor  # (B, C) bool, True on completion tokens
+
+    @classmethod
+    def build(cls, prompts: list[Tensor], completions: list[Tensor], pad_id: int) -> CompletionBatch:
+        """Rows (prompt_i, completion_i); identical prompts are stored once."""
+        index: dict[bytes, int] = {}
+        distinct: list[Tensor] = []
+        row_prompt = []
+        for p in prompts:
+            key = p.to(torch.int32).numpy().tobytes()
+            if key not in index:
+                index[key] = len(distinct)
+                distinct.append(p)
+            row_prompt.append(index[key])
+        width = max(1, max(int(c.numel()) for c in completions))
+        ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(completions), width), dtype=torch.bool)
+        for i, c in enumerate(completions):
+            ids[i, :c.numel()] = c
+            mask[i, :c.numel()] = True
+        return cls(PromptBatch.build(distinct, pad_id), torch.tensor(row_prompt, dtype=torch.long), ids, mask)
+
+    def to(self, device: torch.device) -> CompletionBatch:
+        return CompletionBatch(self.prompts.to(device), self.row_prompt.to(device), self.ids.to(device),
+                               self.mask.to(device))
+
+    def positions(self) -> int:
+        """Token positions the shared-prefix forward computes (padding included)."""
+        return self.prompts.ids.numel() + self.ids.shape[0] * (self.ids.shape[1] - 1)
+
+
+def _positions(mask: Tensor) -> Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(model: torch.nn.Module, prompts: PromptBatch, rows: Tensor):
+    """Forward the distinct prompts once; return (last-position logits (U, V), cache gathered to `rows`)."""
+    out = model(input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=_positions(prompts.mask),
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(rows)
+    return out.logits[:, -1], cache
+
+
+def completion_logprobs(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
+                        chunk_size: int | None = None, shared_prefix: bool = True) -> Tensor:
+    """(B, C) float32 log-probs of each completion token at `temperature` (padding: arbitrary).
+
+    `shared_prefix=False` forwards prompt + completion per row in one pass: needed under
+    gradient checkpointing, which drops the KV cache.
+    """
+    p, rows, ids, mask = batch.prompts, batch.row_prompt, batch.ids, batch.mask
+    if not shared_prefix:
+        full_mask = torch.cat([p.mask[rows], mask.long()], dim=1)
+        full_ids = torch.cat([p.ids[rows], ids], dim=1)
+        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask)).logits
+        width = p.ids.shape[1]
+        return token_logprobs(logits[:, width - 1:width - 1 + ids.shape[1]], ids, temperature, chunk_size)
+    first, cache = prefill(model, p, rows)
+    out = [token_logprobs(first[rows][:, None], ids[:, :1], temperature, chunk_size)]
+    if ids.shape[1] > 1:
+        # The last completion token scores nothing, so it is never forwarded.
+        inputs = ids[:, :-1]
+        attn = torch.cat([p.mask[rows], mask[:, :-1].long()], dim=1)
+        pos = p.lengths[rows, None] + torch.arange(inputs.shape[1], device=ids.device)
+        logits = model(input_ids=inputs, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits
+        out.append(token_logprobs(logits, ids[:, 1:], temperature, chunk_size))
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, prompts: list[Tensor], completions: list[Tensor], pad_id: int,
+          temperature: float = 1.0, shared_prefix: bool = True) -> list[Tensor]:
+    """Each completion's (C_i,) float32 token log-probs under `model`, through the update's forward."""
+    device = next(model.parameters()).device
+    batch = CompletionBatch.build(prompts, completions, pad_id).to(device)
+    logp = completion_logprobs(model, batch, temperature, shared_prefix=shared_prefix).float().cpu()
+    return [logp[i, :c.numel()] for i, c in enumerate(completions)]
