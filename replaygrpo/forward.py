@@ -105,7 +105,8 @@ def completion_logprobs(model: torch.nn.Module, batch: CompletionBatch, temperat
     if not shared_prefix:
         full_mask = torch.cat([p.mask[rows], mask.long()], dim=1)
         full_ids = torch.cat([p.ids[rows], ids], dim=1)
-        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask)).logits
+        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
+                       use_cache=False).logits
         width = p.ids.shape[1]
         return token_logprobs(logits[:, width - 1:width - 1 + ids.shape[1]], ids, temperature, chunk_size)
     first, cache = prefill(model, p, rows)

@@ -304,6 +304,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 "lr": scheduler.get_last_lr()[0],
                 "tokens/generated": int(lengths.sum()),
                 "tokens/trained": int(sum(r.completion_ids.numel() for r in batch)),
+                "tokens/forwarded": int(result.tokens_by_age.sum()),
                 "time/generate": t_gen - t0,
                 "time/grade": t_grade - t_gen,
                 "time/update": t_update - t_grade,

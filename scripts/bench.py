@@ -42,7 +42,10 @@ PY = sys.executable
 SIZES = {
     "toy": [],
     "31.5M": ["model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
-              "model.intermediate_size=2048", "model.warmstart_steps=0"],
+              "model.intermediate_size=2048", "model.warmstart_steps=0",
+              # Random init earns no reward, so every advantage is 0: without this the update would
+              # skip every row and the row would compare nothing.
+              "trainer.skip_zero_advantage=false"],
 }
 
 
@@ -205,7 +208,11 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
                 "checkpointing (both TRL defaults turned off), one policy iteration per batch. Step time: "
                 "replaygrpo's `time/step` from metrics.jsonl; TRL's on_step_begin -> on_step_end (its logging "
                 "falls outside, which favours TRL slightly). The ratio is TRL s/step / replaygrpo s/step "
-                "(> 1: replaygrpo faster).", "",
+                "(> 1: replaygrpo faster). Where replaygrpo does less work for the same result, that is the "
+                "point of the comparison: its sampler forwards each prompt once for its G completions (TRL's "
+                "`generate` prefills every copy), its update forwards each distinct prompt once and the "
+                "completions on its KV cache (`trainer.shared_prefix`), and it leaves zero-advantage rollouts, "
+                "whose gradient is exactly 0, out of the forward (`trainer.skip_zero_advantage`).", "",
                 "| model | params | replaygrpo s/step | TRL s/step | ratio | per repeat | gen tokens/step (rg / TRL) "
                 "| ratio per generated token | target | |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -232,9 +239,9 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
                 "replaygrpo runs (median per step): " + "; ".join(
                     f"{p['size']}: reward {p['reward']:.2f}, zero-advantage rollouts {100 * p['zero_adv']:.0f}%, "
                     f"truncated at 24 tokens {100 * p['truncated']:.0f}%" for p in res["peer"])
-                + ". The random-init model never earns a reward, so every advantage is 0 there: both trainers "
-                "still run the full forward and backward, and the timing is valid as equal work, but an "
-                "optimisation that skips zero-advantage rollouts would make that row meaningless.",
+                + ". The random-init 31.5M model never earns a reward, so every advantage is 0 there; its "
+                "replaygrpo runs set `trainer.skip_zero_advantage=false` so both trainers forward and "
+                "backpropagate every rollout (equal positions but for the shared prompt forward).",
                 "", "Reproduce one side: `.venv/bin/replaygrpo train method=grpo trainer.prompts_per_step=8 "
                 "trainer.group_size=8 engine.max_new_tokens=24 trainer.eval_every=0 trainer.eval_size=8 "
                 "trainer.steps=N [31.5M overrides]` and `.venv/bin/python scripts/bench_trl.py --model-dir "
@@ -310,22 +317,20 @@ def bounds(res: dict) -> list[str]:
         fixed = p["rg_parts"]["generate"] + p["rg_parts"]["grade"]
         trl_update = p["trl_parts"]["loss_forward"] + p["trl_parts"]["backward"] + p["trl_parts"]["optimizer"]
         lines.append(
-            f"- Peer, {p['size']}: {target:.1f}x needs replaygrpo at <= {fmt_ms(budget)}/step. Generation is the same "
-            f"transformers `generate` call on both sides ({fmt_ms(p['rg_parts']['generate'])} vs "
-            f"{fmt_ms(p['trl_parts']['generate'])}); with grading it leaves {fmt_ms(max(budget - fixed, 0))} for the "
-            f"update, which takes {fmt_ms(p['rg_parts']['update'])} (TRL's loss forward + backward + optimiser: "
-            f"{fmt_ms(trl_update)}). That time is inside torch's forward and backward over the same rollouts "
-            "(under cProfile, update_step's own Python is under 1 ms a step at toy size), so the update has to "
-            "push fewer positions through the model than TRL does, not trim overhead, to reach the target.")
+            f"- Peer, {p['size']}: {target:.1f}x needs replaygrpo at <= {fmt_ms(budget)}/step. Generation takes "
+            f"{fmt_ms(p['rg_parts']['generate'])} (TRL {fmt_ms(p['trl_parts']['generate'])}); with grading it "
+            f"leaves {fmt_ms(max(budget - fixed, 0))} for the update, which takes {fmt_ms(p['rg_parts']['update'])} "
+            f"(TRL's loss forward + backward + optimiser: {fmt_ms(trl_update)}).")
     r = res.get("replay")
     if r and r["ratio"] > 1.10:
         m = r["micro"]
         lines.append(
             f"- Replay's cost ({r['ratio']:.2f} by the grpo per-token rate): replay's own bookkeeping is "
             f"{m['bookkeeping_s'] * 1000:.2f} ms a step ({100 * r['bookkeeping_share']:.1f}% of the extra update); "
-            f"the rest is the update itself, which pads every row to the longest one: the replay batch has "
-            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the padded positions for "
-            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens, and the "
+            f"the rest is the update itself: replayed rollouts come from many groups, so their prompts are not "
+            f"shared G ways as the fresh ones' are, and the replay batch forwards "
+            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the positions for "
+            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens; the "
             f"directly measured marginal cost of the extra rollouts gives {r['ratio_marginal']:.2f}.")
     b = res.get("buffer")
     if b and b["step_ms"] >= 5:

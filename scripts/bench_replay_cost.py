@@ -92,6 +92,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     from replaygrpo.data.prompts import render
     from replaygrpo.data.train_sets import load_train_set
     from replaygrpo.grading import GradingPool
+    from replaygrpo.forward import CompletionBatch
     from replaygrpo.grpo import group_advantages
     from replaygrpo.model import end_of_text_id
     from replaygrpo.replay import ReplayBuffer, compose_batch
@@ -172,7 +173,9 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
             books.append(time.perf_counter() - t0)
 
     def padded(batch: list[Rollout]) -> int:
-        return len(batch) * max(r.prompt_ids.numel() + r.num_tokens for r in batch)
+        """Positions the update forwards (distinct prompts once + completions, padding included)."""
+        rows = [r for r in batch if r.advantage != 0]
+        return CompletionBatch.build([r.prompt_ids for r in rows], [r.completion_ids for r in rows], 0).positions()
 
     return {"fresh_rollouts": len(fresh), "replayed_rollouts": len(replayed),
             "fresh_tokens": sum(r.num_tokens for r in fresh), "extra_tokens": sum(r.num_tokens for r in replayed),
@@ -192,14 +195,14 @@ def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_r
     # Steady state: the buffer supplies a full replay batch (early steps fill it).
     rp_all = [r for rows in runs["replay"] for r in rows]
     rp = [r for r in rp_all if r["batch/n_replay"] >= r["batch/n_fresh"]] or rp_all
-    per_token = med(r["time/update"] / r["tokens/trained"] for r in g)
+    per_token = med(r["time/update"] / r["tokens/forwarded"] for r in g)
     extra_tokens = med(r["tokens/trained"] - r["tokens/generated"] for r in rp)
     extra_nongen = med(map(nongen, rp)) - med(map(nongen, g))
     extra_step = med(r["time/step"] for r in rp) - med(r["time/step"] for r in g)
     per_rep = []
     for a, b in zip(runs["grpo"], runs["replay"]):
         b = [r for r in b if r["batch/n_replay"] >= r["batch/n_fresh"]] or b
-        pt = med(r["time/update"] / r["tokens/trained"] for r in a)
+        pt = med(r["time/update"] / r["tokens/forwarded"] for r in a)
         xt = med(r["tokens/trained"] - r["tokens/generated"] for r in b)
         per_rep.append((med(map(nongen, b)) - med(map(nongen, a))) / (pt * xt))
     micro = marginal_update_cost([*overrides], micro_reps)
@@ -207,7 +210,8 @@ def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_r
     out = {
         "overrides": overrides, "steps": steps, "repeats": repeats, "warmup": warmup,
         "grpo": {k: med(r[k] for r in g) for k in ("time/step", "time/generate", "time/grade", "time/update",
-                                                     "time/sync", "tokens/generated", "tokens/trained")},
+                                                     "time/sync", "tokens/generated", "tokens/trained",
+                                                     "tokens/forwarded")},
         "replay": {k: med(r[k] for r in rp) for k in ("time/step", "time/generate", "time/grade", "time/update",
                                                         "time/sync", "tokens/generated", "tokens/trained",
                                                         "batch/n_replay")},
@@ -244,7 +248,7 @@ def report(r: dict) -> str:
         f"marginal update cost of the extra rollouts (in-process, {m['replayed_rollouts']} rollouts, "
         f"{m['extra_tokens']} tokens): {m['extra_update_s'] * 1000:.1f} ms "
         f"({r['update_s_per_token_marginal'] * 1e6:.1f} us/token) -> ratio {r['ratio_marginal']:.2f}",
-        f"  padded positions in the update batch: {m['padded_fresh']} fresh only, {m['padded_fresh_plus_replay']} "
+        f"  positions forwarded in the update (padding included): {m['padded_fresh']} fresh only, {m['padded_fresh_plus_replay']} "
         f"with replay ({m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x for "
         f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x completion tokens)",
         f"replay bookkeeping per step (evict + compose + add, in-process): {m['bookkeeping_s'] * 1000:.2f} ms "
