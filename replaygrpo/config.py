@@ -29,6 +29,9 @@ class ModelConfig:
     """Compute dtype: float32, or bfloat16 (autocast over float32 master weights while training)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (large models on GPU)."""
+    attn_implementation: str | None = None
+    """transformers attention backend (sdpa, eager, flash_attention_2, ...); None = its default.
+    Flash attention lets trainer.update_layout=auto pack rows without padding."""
     hidden_size: int = 128
     """Toy only: width of the tiny Qwen3."""
     num_layers: int = 3
@@ -107,9 +110,12 @@ class TrainerConfig:
     """Clip the global gradient norm to this (0 = off)."""
     micro_batch_tokens: int = 16384
     """Token budget per forward/backward micro-batch (gradients accumulate to one step)."""
-    shared_prefix: bool = True
-    """Forward each distinct prompt of a micro-batch once and its completions on its KV cache
-    (same values and gradients, ~G times fewer prompt positions); off under gradient checkpointing."""
+    update_layout: str = "auto"
+    """How the update lays out a micro-batch (same values and gradients each way): shared_prefix
+    (each distinct prompt forwarded once, completions on its KV cache), packed (rows back to back,
+    no padding; varlen kernels under flash attention, a dense block mask under sdpa), padded, or
+    auto (shared_prefix; under gradient checkpointing, which drops the cache, packed with flash
+    attention, else padded)."""
     skip_zero_advantage: bool = True
     """Leave rollouts with advantage 0 out of the forward/backward: with kl_coef 0 their gradient is
     exactly zero; they still count in the loss normaliser, so the step is unchanged."""
@@ -253,6 +259,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.old_logprobs": ("trainer", "engine"),
     "method.name": ("grpo", "replay", "naive_replay"),
     "replay.unit": ("rollout", "group"),
+    "trainer.update_layout": ("auto", "shared_prefix", "packed", "padded"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -290,6 +297,9 @@ def validate(cfg: Config) -> Config:
              "an integer >= 2 (a group of 1 has no std; use loss.adv_scale=none for G=1)")
     _require(t.group_size >= 1, "trainer.group_size", t.group_size, "an integer >= 1")
     _require(t.lr > 0, "trainer.lr", t.lr, "a float > 0")
+    _require(not (t.update_layout == "shared_prefix" and cfg.model.gradient_checkpointing), "trainer.update_layout",
+             t.update_layout, "auto, packed or padded with model.gradient_checkpointing=true (it drops the KV cache "
+             "the shared prefix is built on)")
     _require(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "a float >= 0 (0 = off)")
     _require(0 <= lo.clip_low < 1, "loss.clip_low", lo.clip_low, "a float in [0, 1)")
     _require(lo.clip_high >= 0, "loss.clip_high", lo.clip_high, "a float >= 0")

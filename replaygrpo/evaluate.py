@@ -277,7 +277,8 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
 
     # Workers start first so their imports overlap with loading the model.
     with GradingPool(cfg.eval.grader_workers, cfg.eval.grade_timeout) as pool:
-        model, tok = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.device, cfg.model.tokenizer)
+        model, tok = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.device, cfg.model.tokenizer,
+                                cfg.model.attn_implementation)
         eos = end_of_text_id(model, tok)
         engine = build_engine("hf", model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
                               batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos))

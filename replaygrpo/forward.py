@@ -1,4 +1,4 @@
-"""Causal-LM forwards that run each distinct prompt once, for sampling and for the update.
+"""Causal-LM forwards for sampling and for the update, without repeated or padded work.
 
 A GRPO batch holds G completions of every prompt. Forwarding prompt + completion per
 row repeats the prompt G times; here the distinct prompts go through the model once
@@ -6,7 +6,9 @@ row repeats the prompt G times; here the distinct prompts go through the model o
 only the completion positions are forwarded on top of it. Gradients flow back through
 the gathered cache into the shared prompt forward, so values and gradients equal the
 full per-row forward (tests/test_forward.py). The gather is an index, so replayed
-rollouts of one prompt from different steps share its forward too.
+rollouts of one prompt from different steps share its forward too. Where the KV cache
+cannot be kept (gradient checkpointing), `packed` puts the rows back to back without
+padding instead (see `completion_logprobs`).
 
 Layout: prompts (U, Wp) left-padded, completions (B, C) right-padded, row_prompt (B,)
 the prompt of each row. The logit that scores completion token j of row b is the last
@@ -94,21 +96,49 @@ def prefill(model: torch.nn.Module, prompts: PromptBatch, rows: Tensor):
     return out.logits[:, -1], cache
 
 
+LAYOUTS = ("shared_prefix", "packed", "padded")
+
+
+def choose_layout(layout: str, model: torch.nn.Module) -> str:
+    """Resolve "auto": shared_prefix, or without a KV cache (gradient checkpointing) packed
+    where the attention has varlen kernels (flash attention) and padded where it would
+    need a dense (T, T) mask."""
+    if layout != "auto":
+        return layout
+    if not getattr(model, "is_gradient_checkpointing", False):
+        return "shared_prefix"
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
+    return "packed" if attn.startswith("flash") else "padded"
+
+
 def completion_logprobs(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
-                        chunk_size: int | None = None, shared_prefix: bool = True) -> Tensor:
+                        chunk_size: int | None = None, layout: str = "shared_prefix") -> Tensor:
     """(B, C) float32 log-probs of each completion token at `temperature` (padding: arbitrary).
 
-    `shared_prefix=False` forwards prompt + completion per row in one pass: needed under
-    gradient checkpointing, which drops the KV cache.
+    layout: "shared_prefix" (each distinct prompt once, completions on its KV cache);
+    "packed" (every row's prompt + completion back to back in one padding-free row, which
+    transformers splits by the restarting position ids: varlen kernels under flash
+    attention, a block-diagonal mask under sdpa); "padded" (one padded row each). The last
+    two keep no KV cache, so they work under gradient checkpointing.
     """
+    if layout == "shared_prefix":
+        return _shared_prefix(model, batch, temperature, chunk_size)
+    if layout == "packed":
+        return _packed(model, batch, temperature, chunk_size)
+    if layout != "padded":
+        raise ValueError(f"unknown forward layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     p, rows, ids, mask = batch.prompts, batch.row_prompt, batch.ids, batch.mask
-    if not shared_prefix:
-        full_mask = torch.cat([p.mask[rows], mask.long()], dim=1)
-        full_ids = torch.cat([p.ids[rows], ids], dim=1)
-        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
-                       use_cache=False).logits
-        width = p.ids.shape[1]
-        return token_logprobs(logits[:, width - 1:width - 1 + ids.shape[1]], ids, temperature, chunk_size)
+    full_mask = torch.cat([p.mask[rows], mask.long()], dim=1)
+    full_ids = torch.cat([p.ids[rows], ids], dim=1)
+    logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
+                   use_cache=False).logits
+    width = p.ids.shape[1]
+    return token_logprobs(logits[:, width - 1:width - 1 + ids.shape[1]], ids, temperature, chunk_size)
+
+
+def _shared_prefix(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
+                   chunk_size: int | None) -> Tensor:
+    p, rows, ids, mask = batch.prompts, batch.row_prompt, batch.ids, batch.mask
     first, cache = prefill(model, p, rows)
     out = [token_logprobs(first[rows][:, None], ids[:, :1], temperature, chunk_size)]
     if ids.shape[1] > 1:
@@ -122,11 +152,36 @@ def completion_logprobs(model: torch.nn.Module, batch: CompletionBatch, temperat
     return torch.cat(out, dim=1)
 
 
+def _packed(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
+            chunk_size: int | None) -> Tensor:
+    p, rows, ids, mask = batch.prompts, batch.row_prompt, batch.ids, batch.mask
+    device = ids.device
+    c_len = mask.sum(1)
+    p_len = p.lengths[rows]
+    width = p.ids.shape[1]
+    pieces, positions, scored = [], [], []
+    start = 0
+    for b in range(ids.shape[0]):
+        pl, cl = int(p_len[b]), int(c_len[b])
+        seq = torch.cat([p.ids[rows[b], width - pl:], ids[b, :max(cl - 1, 0)]])
+        pieces.append(seq)
+        positions.append(torch.arange(seq.numel(), device=device))
+        scored.append(start + pl - 1 + torch.arange(cl, device=device))
+        start += seq.numel()
+    flat_scored = torch.cat(scored)
+    # attention_mask=None is what makes transformers read the sequence breaks from position_ids.
+    logits = model(input_ids=torch.cat(pieces)[None], position_ids=torch.cat(positions)[None],
+                   use_cache=False, logits_to_keep=flat_scored).logits  # (1, N, V)
+    logp = token_logprobs(logits, ids[mask][None], temperature, chunk_size)[0]
+    out = torch.zeros(ids.shape, dtype=logp.dtype, device=device)
+    return out.masked_scatter(mask, logp)
+
+
 @torch.no_grad()
 def score(model: torch.nn.Module, prompts: list[Tensor], completions: list[Tensor], pad_id: int,
-          temperature: float = 1.0, shared_prefix: bool = True) -> list[Tensor]:
+          temperature: float = 1.0, layout: str = "shared_prefix") -> list[Tensor]:
     """Each completion's (C_i,) float32 token log-probs under `model`, through the update's forward."""
     device = next(model.parameters()).device
     batch = CompletionBatch.build(prompts, completions, pad_id).to(device)
-    logp = completion_logprobs(model, batch, temperature, shared_prefix=shared_prefix).float().cpu()
+    logp = completion_logprobs(model, batch, temperature, layout=layout).float().cpu()
     return [logp[i, :c.numel()] for i, c in enumerate(completions)]

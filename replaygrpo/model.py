@@ -41,11 +41,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
-               tokenizer: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               tokenizer: str | None = None, attn_implementation: str | None = None,
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = resolve_model_path(name_or_path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(tokenizer or path)
     except OSError as err:
         raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err

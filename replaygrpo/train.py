@@ -80,7 +80,8 @@ def load_policy(cfg: Config):
         from replaygrpo.toymodel import warm_start
 
         path = str(warm_start(cfg))
-    model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer)  # master weights
+    model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer,  # float32 master weights
+                            cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tok
@@ -254,7 +255,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 agg=l_cfg.agg, old_logprobs=l_cfg.old_logprobs, tis_cap=l_cfg.tis_cap,
                 token_budget=t_cfg.micro_batch_tokens, grad_clip=t_cfg.grad_clip,
                 ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour,
-                autocast_dtype=autocast_dtype, shared_prefix=t_cfg.shared_prefix,
+                autocast_dtype=autocast_dtype, layout=t_cfg.update_layout,
                 skip_zero_advantage=t_cfg.skip_zero_advantage)
             scheduler.step()
             t_update = time.perf_counter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from replaygrpo.forward import CompletionBatch, completion_logprobs
+from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs
 from replaygrpo.grpo import policy_loss
 from replaygrpo.rollout.types import Rollout
 
@@ -79,7 +79,7 @@ def update_step(
     engine_logprobs: list[Tensor] | None = None,
     chunk_size: int | None = 4096,
     autocast_dtype: torch.dtype | None = None,
-    shared_prefix: bool = True,
+    layout: str = "auto",
     skip_zero_advantage: bool = True,
 ) -> UpdateResult:
     """Forward, clipped-surrogate loss and backward over micro-batches, then one optimiser step.
@@ -97,8 +97,7 @@ def update_step(
     total_seqs = len(rollouts)
     kl_on = ref_model is not None and kl_coef > 0
     active = [i for i, r in enumerate(rollouts) if not (skip_zero_advantage and not kl_on and r.advantage == 0)]
-    # Gradient checkpointing drops the KV cache the shared-prefix forward builds on.
-    shared_prefix = shared_prefix and not getattr(model, "is_gradient_checkpointing", False)
+    layout = choose_layout(layout, model)
     fresh_logprobs = [r.old_logprobs for r in rollouts[:num_fresh]]
     n_age = max(max_age, max(ages, default=0)) + 1
     clip_by_age = torch.zeros(n_age)
@@ -113,11 +112,11 @@ def update_step(
         cb = cb.to(device)
         comp = cb.mask
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logp = completion_logprobs(model, cb, temperature, chunk_size, shared_prefix)
+            logp = completion_logprobs(model, cb, temperature, chunk_size, layout)
             ref_logp = None
             if kl_on:
                 with torch.no_grad():
-                    ref_logp = completion_logprobs(ref_model, cb, temperature, chunk_size, shared_prefix)
+                    ref_logp = completion_logprobs(ref_model, cb, temperature, chunk_size, layout)
         old = _pad_values([r.old_logprobs for r in batch], comp.shape[1]).to(device)
         if old_logprobs == "trainer":
             is_fresh = torch.tensor([i < num_fresh for i in rows], device=device)

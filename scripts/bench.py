@@ -211,7 +211,7 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
                 "(> 1: replaygrpo faster). Where replaygrpo does less work for the same result, that is the "
                 "point of the comparison: its sampler forwards each prompt once for its G completions (TRL's "
                 "`generate` prefills every copy), its update forwards each distinct prompt once and the "
-                "completions on its KV cache (`trainer.shared_prefix`), and it leaves zero-advantage rollouts, "
+                "completions on its KV cache (`trainer.update_layout=shared_prefix`), and it leaves zero-advantage rollouts, "
                 "whose gradient is exactly 0, out of the forward (`trainer.skip_zero_advantage`).", "",
                 "| model | params | replaygrpo s/step | TRL s/step | ratio | per repeat | gen tokens/step (rg / TRL) "
                 "| ratio per generated token | target | |",

@@ -40,10 +40,12 @@ def test_qwen_models_and_overrides():
     ("method.name=ppo", "method.name"),
     ("engine.top_p=0", "engine.top_p"),
     ("data.levels=[9]", "data.levels"),
+    ("trainer.update_layout=flat", "trainer.update_layout"),
+    ("trainer.update_layout=shared_prefix model.gradient_checkpointing=true", "trainer.update_layout"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        composed(override)
+        composed(*override.split())
 
 
 def test_group_size_one_allowed_without_std():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from replaygrpo.config import Config
-from replaygrpo.forward import CompletionBatch, completion_logprobs
+from replaygrpo.forward import LAYOUTS, CompletionBatch, choose_layout, completion_logprobs
 from replaygrpo.rollout.types import Rollout
 from replaygrpo.toymodel import build_model, build_tokenizer
 from replaygrpo.update import micro_batches, update_step
@@ -43,9 +43,9 @@ def _grads(model):
     return [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("shared_prefix", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("chunk_size", [None, 5])
-def test_completion_logprobs_equal_per_row_forward(toy, shared_prefix, chunk_size):
+def test_completion_logprobs_equal_per_row_forward(toy, layout, chunk_size):
     model, tok = toy
     prompts, comps = _rows(len(tok))
     batch = CompletionBatch.build(prompts, comps, tok.pad_token_id)
@@ -58,7 +58,7 @@ def test_completion_logprobs_equal_per_row_forward(toy, shared_prefix, chunk_siz
     ref_grads = _grads(model)
 
     model.zero_grad()
-    logp = completion_logprobs(model, batch, 0.7, chunk_size, shared_prefix)
+    logp = completion_logprobs(model, batch, 0.7, chunk_size, layout)
     assert logp.shape == (10, 9)
     (weights[:, None] * torch.where(batch.mask, logp, 0)).sum().backward()
     for i, r in enumerate(ref):
@@ -83,17 +83,19 @@ def test_fast_paths_take_the_same_step(toy, agg):
     adv = [0.0, 1.5, -0.5, 0.0, 0.8, -1.2, 0.0, 0.3, -0.9, 0.0]
     steps = [_batch(len(tok), adv), _batch(len(tok), [0.0] * 10)]
     outcomes = []
-    for shared, skip, budget in [(False, False, 4096), (True, True, 4096), (True, False, 60), (False, True, 60)]:
+    for layout, skip, budget in [("padded", False, 4096), ("shared_prefix", True, 4096), ("shared_prefix", False, 60),
+                                 ("packed", True, 60), ("packed", False, 4096)]:
         m = copy.deepcopy(model)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
         res = [update_step(m, opt, b, [0] * 6 + [1] * 4, num_fresh=6, pad_id=0, temperature=1.0,
                            clip_low=0.2, clip_high=0.2, agg=agg, old_logprobs="trainer", tis_cap=None,
-                           token_budget=budget, grad_clip=1.0, max_age=1, shared_prefix=shared,
+                           token_budget=budget, grad_clip=1.0, max_age=1, layout=layout,
                            skip_zero_advantage=skip) for b in copy.deepcopy(steps)]
         outcomes.append((res, [p.detach().clone() for p in m.parameters()]))
     (base, base_params) = outcomes[0]
     assert base[0].rows_skipped == 0
     assert outcomes[1][0][0].rows_skipped == 4 and outcomes[1][0][1].rows_skipped == 10
+    assert outcomes[4][0][0].rows_skipped == 0
     start = [p.detach() for p in model.parameters()]
     base_delta = torch.cat([(a - b).flatten() for a, b in zip(base_params, start)])
     assert float(base_delta.abs().max()) > 1e-3
@@ -123,3 +125,37 @@ def test_micro_batches_fit_the_budget_and_keep_prompts_together(toy):
         # Rows of one prompt are contiguous in the order micro-batches are cut from.
         order = [rollouts[i].prompt_id for b in batches for i in b]
         assert order == sorted(order, key=order.index)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_cache_free_layouts_under_gradient_checkpointing(toy, layout):
+    model, tok = toy
+    m = copy.deepcopy(model).train()
+    m.gradient_checkpointing_enable()
+    prompts, comps = _rows(len(tok))
+    ref = _reference(m, prompts, comps, 1.0)
+    m.zero_grad()
+    sum(r.sum() for r in ref).backward()
+    ref_grads = _grads(m)
+    m.zero_grad()
+    batch = CompletionBatch.build(prompts, comps, tok.pad_token_id)
+    logp = completion_logprobs(m, batch, 1.0, None, layout)
+    torch.where(batch.mask, logp, 0).sum().backward()
+    for i, r in enumerate(ref):
+        torch.testing.assert_close(logp[i, :r.numel()], r, atol=2e-6, rtol=1e-5)
+    for got, want in zip(_grads(m), ref_grads):
+        assert float((got - want).norm()) <= 1e-5 * float(want.norm()) + 1e-7
+
+
+def test_auto_layout_follows_gradient_checkpointing(toy):
+    model, _ = toy
+    m = copy.deepcopy(model)
+    assert choose_layout("auto", m) == "shared_prefix"
+    m.gradient_checkpointing_enable()
+    assert choose_layout("auto", m) == "padded"  # sdpa: packing would need a dense (T, T) mask
+    m.config._attn_implementation = "flash_attention_2"
+    assert choose_layout("auto", m) == "packed"
+    assert choose_layout("packed", model) == "packed"
+    with pytest.raises(ValueError, match="unknown forward layout 'nope'"):
+        completion_logprobs(model, CompletionBatch.build([torch.tensor([1])], [torch.tensor([2])], 0), 1.0,
+                            layout="nope")
