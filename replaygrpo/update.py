@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
+from replaygrpo.distributed import idle_pass
 from replaygrpo.grpo import policy_loss, token_logprobs
 from replaygrpo.rollout.types import Rollout
 
@@ -98,18 +100,23 @@ def update_step(
     engine_logprobs: list[Tensor] | None = None,
     chunk_size: int | None = 4096,
     autocast_dtype: torch.dtype | None = None,
+    total_tokens: int | None = None,
+    total_seqs: int | None = None,
+    plan: list[list[int]] | None = None,
 ) -> UpdateResult:
     """Forward, clipped-surrogate loss and backward over micro-batches, then one optimiser step.
 
     `rollouts[:num_fresh]` are this step's fresh rollouts; `ages[i]` is step - birth.
     For fresh rollouts in trainer mode the stored old_logprobs are ignored (pi_old is the
     detached forward). `engine_logprobs` (behaviour log-probs of every rollout) enables
-    truncated importance sampling when `tis_cap` is set.
+    truncated importance sampling when `tis_cap` is set. Under torchrun, `total_tokens` /
+    `total_seqs` are the whole global batch's counts (the loss normaliser), and `plan` is
+    the micro-batch split with the same count on every rank; an empty entry is an idle pass.
     """
     device = next(model.parameters()).device
     lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts]
-    total_tokens = sum(r.completion_ids.numel() for r in rollouts)
-    total_seqs = len(rollouts)
+    total_tokens = sum(r.completion_ids.numel() for r in rollouts) if total_tokens is None else total_tokens
+    total_seqs = len(rollouts) if total_seqs is None else total_seqs
     fresh_logprobs: list[Tensor | None] = [None] * num_fresh
     n_age = max(max_age, max(ages, default=0)) + 1
     clip_by_age = torch.zeros(n_age)
@@ -117,7 +124,10 @@ def update_step(
     tokens_by_age = torch.zeros(n_age)
     loss_total, kl_total = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
-    for mb in micro_batches(lengths, token_budget):
+    for mb in micro_batches(lengths, token_budget) if plan is None else plan:
+        if not mb:
+            idle_pass(model, ref_model if kl_coef > 0 else None, pad_id, device)
+            continue
         batch = [rollouts[i] for i in mb]
         ids, attn, comp, old = _pad(batch, pad_id)
         ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
@@ -161,6 +171,7 @@ def update_step(
                 fresh_logprobs[i] = detached[row, p - 1:p + c - 1].clone()
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: the global norm
     skipped = not (math.isfinite(loss_total) and bool(torch.isfinite(norm)))
     if skipped:
         optimizer.zero_grad(set_to_none=True)

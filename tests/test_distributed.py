@@ -1,0 +1,138 @@
+"""torchrun + FSDP2 on CPU (gloo): two processes take the single-process update, and train end to end.
+
+The update test builds a fixed batch of rollouts (varied lengths, advantages, ages and
+stored log-probs), splits it unevenly over two ranks with a small token budget (so the
+ranks have different micro-batch counts and one runs idle passes), and checks that the
+loss, the gradient norm and every parameter's change equal the single-process update of
+the whole batch. SGD, not Adam, so a gradient off by a factor (say, averaged over ranks
+instead of summed) shows in the parameters.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
+    "token_mean_clip_kl": (dict(agg="token_mean", grad_clip=0.05, kl_coef=0.1), (2, 8)),
+    "seq_mean_token_sum": (dict(agg="seq_mean_token_sum", grad_clip=0.0, kl_coef=0.0), (6, 4)),
+}
+NUM_FRESH = 6
+
+
+def tiny_model(kl: bool):
+    from replaygrpo.config import Config
+    from replaygrpo.toymodel import build_model
+
+    cfg = Config()
+    cfg.model.hidden_size, cfg.model.num_layers, cfg.model.intermediate_size = 32, 2, 64
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=50, eos_id=0)
+    ref = None
+    if kl:
+        ref = build_model(cfg, vocab_size=50, eos_id=0).requires_grad_(False)  # another init: KL != 0
+    return model, ref
+
+
+def fixed_batch():
+    """10 rollouts: 6 fresh then 4 replayed (ages 1-2, stored log-probs that make ratios != 1)."""
+    from replaygrpo.rollout.types import Rollout
+
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(10):
+        p, c = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        out.append(Rollout(
+            prompt_ids=torch.randint(1, 50, (p,), generator=g, dtype=torch.int32),
+            completion_ids=torch.randint(1, 50, (c,), generator=g, dtype=torch.int32),
+            old_logprobs=-4.0 + 0.5 * torch.randn(c, generator=g), reward=float(i % 2),
+            advantage=float(torch.randn(1, generator=g)), birth_step=0, prompt_id=i, group_id=i // 2))
+    ages = [0] * NUM_FRESH + [1, 2, 1, 2]
+    return out, ages
+
+
+def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
+    from replaygrpo.update import update_step
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return update_step(
+        model, opt, rollouts, ages, num_fresh, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
+        agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=24, grad_clip=kw["grad_clip"],
+        ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, **extra)
+
+
+def worker(out_dir: Path) -> None:
+    """Run under torchrun: each rank updates on its share of the batch; rank 0 saves the result."""
+    from replaygrpo import distributed
+    from replaygrpo.update import micro_batches
+
+    distributed.init(torch.device("cpu"))
+    rank = distributed.rank()
+    rollouts, ages = fixed_batch()
+    for name, (kw, shares) in CASES.items():
+        model, ref = tiny_model(kl=kw["kl_coef"] > 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        distributed.shard(model, torch.device("cpu"))
+        if ref is not None:
+            distributed.shard(ref, torch.device("cpu"))
+        # Rank r takes a contiguous slice: its fresh rollouts come first (update_step's contract).
+        mine = range(sum(shares[:rank]), sum(shares[:rank + 1]))
+        rs, ag = [rollouts[i] for i in mine], [ages[i] for i in mine]
+        mine_fresh = sum(i < NUM_FRESH for i in mine)
+        lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rs]
+        plan = distributed.same_micro_batch_count(micro_batches(lengths, 24), lengths)
+        result = run_update(model, ref, rs, ag, mine_fresh, kw,
+                            total_tokens=sum(r.completion_ids.numel() for r in rollouts),
+                            total_seqs=len(rollouts), plan=plan)
+        loss = sum(distributed.gather(result.loss))
+        idle = distributed.gather(sum(1 for mb in plan if not mb))
+        after = distributed.full_model_state(model)
+        if rank == 0:
+            delta = {k: after[k] - before[k] for k in before}
+            torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle},
+                       out_dir / f"{name}.pt")
+    distributed.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_take_the_single_process_update(tmp_path):
+    out = torchrun(__file__, str(tmp_path))
+    assert out.returncode == 0, out.stderr[-4000:]
+    rollouts, ages = fixed_batch()
+    for name, (kw, _) in CASES.items():
+        model, ref = tiny_model(kl=kw["kl_coef"] > 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        single = run_update(model, ref, rollouts, ages, NUM_FRESH, kw)
+        dist = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert dist["loss"] == pytest.approx(single.loss, rel=1e-5), name
+        assert dist["grad_norm"] == pytest.approx(single.grad_norm, rel=1e-5), name
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(dist["delta"][k], v - before[k], rtol=1e-4, atol=1e-7, msg=f"{name}: {k}")
+        assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
+    # The uneven split made rank 0 run idle passes, so that path was exercised.
+    assert torch.load(tmp_path / "token_mean_clip_kl.pt", weights_only=True)["idle"][0] > 0
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
