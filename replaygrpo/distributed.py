@@ -13,6 +13,7 @@ Nothing here is a distributed layer of its own: torch.distributed collectives, F
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ def init(device: torch.device) -> None:
         dist.init_process_group("cuda:nccl,cpu:gloo")
     else:
         dist.init_process_group("gloo")
+    if dist.get_rank() > 0:
+        logging.getLogger("replaygrpo").setLevel(logging.WARNING)  # rank 0 tells the story
 
 
 def close() -> None:
@@ -80,14 +83,6 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def all_sum(x: int) -> int:
-    return sum(gather(x))
-
-
-def all_max(x: int) -> int:
-    return max(gather(x))
 
 
 def my_share(items: list[Any]) -> list[Any]:
@@ -159,16 +154,32 @@ def full_params(model: nn.Module) -> Iterator[None]:
             m.reshard()
 
 
-def same_micro_batch_count(plan: list[list[int]], lengths: list[int]) -> list[list[int]]:
-    """A micro-batch plan (`update.micro_batches`) padded to the same count on every rank.
+def global_batch(batch: list[Any], token_budget: int) -> dict[str, Any]:
+    """`update_step` keywords that make this rank's share of the batch one global batch.
+
+    The loss normaliser counts every rank's completion tokens (token_mean) or sequences
+    (seq_mean_*), so each rank's gradient is its part of the whole batch's gradient; and
+    every rank runs as many micro-batches (see `same_micro_batch_count`). {} in one process.
+    """
+    if not active():
+        return {}
+    from replaygrpo.update import micro_batches  # update imports this module
+
+    lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in batch]
+    plan = micro_batches(lengths, token_budget)
+    counts = gather((sum(r.completion_ids.numel() for r in batch), len(batch), len(plan)))
+    return {"total_tokens": sum(c[0] for c in counts), "total_seqs": sum(c[1] for c in counts),
+            "plan": same_micro_batch_count(plan, lengths, max(c[2] for c in counts))}
+
+
+def same_micro_batch_count(plan: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:
+    """A micro-batch plan (`update.micro_batches`) brought to `count` entries.
 
     Every sharded forward and backward is a collective, so all ranks must run as many
     micro-batches. A rank with fewer splits its largest ones (still within the budget);
     if it has fewer rollouts than the count, empty entries ask for idle passes.
     """
-    if not active():
-        return plan
-    count = all_max(len(plan))
+    plan = list(plan)
     while len(plan) < count and any(len(mb) > 1 for mb in plan):
         big = max(range(len(plan)), key=lambda i: len(plan[i]) * max(lengths[j] for j in plan[i]))
         mb = plan.pop(big)
@@ -196,7 +207,8 @@ def _options(**kw: bool) -> Any:
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded weights on rank 0 (CPU), {} on the other ranks; a collective."""
+    """Under torchrun the unsharded weights on rank 0 (CPU), {} elsewhere (a collective);
+    in one process `model.state_dict()`."""
     if not active():
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -205,7 +217,10 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimiser state keyed by parameter name (full tensors) on rank 0; a collective."""
+    """Under torchrun the optimiser state keyed by parameter name (full tensors) on rank 0,
+    {} elsewhere (a collective); in one process `optimizer.state_dict()`."""
+    if not active():
+        return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
@@ -213,7 +228,12 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                     weights: dict[str, torch.Tensor], optim: dict[str, Any]) -> None:
-    """Load rank 0's full weights and optimiser state into the sharded model; a collective."""
+    """Load rank 0's full weights and optimiser state into the sharded model (the other
+    ranks pass {}); a collective. In one process, plain `load_state_dict`."""
+    if not active():
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optim)
+        return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     opts = _options(broadcast_from_rank0=True)

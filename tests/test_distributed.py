@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,7 @@ CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
     "seq_mean_token_sum": (dict(agg="seq_mean_token_sum", grad_clip=0.0, kl_coef=0.0), (6, 4)),
 }
 NUM_FRESH = 6
+BUDGET = 24  # tokens per micro-batch: small, so micro-batch counts differ between the ranks
 
 
 def tiny_model(kl: bool):
@@ -65,15 +68,13 @@ def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     return update_step(
         model, opt, rollouts, ages, num_fresh, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
-        agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=24, grad_clip=kw["grad_clip"],
+        agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=BUDGET, grad_clip=kw["grad_clip"],
         ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, **extra)
 
 
 def worker(out_dir: Path) -> None:
     """Run under torchrun: each rank updates on its share of the batch; rank 0 saves the result."""
     from replaygrpo import distributed
-    from replaygrpo.update import micro_batches
-
     distributed.init(torch.device("cpu"))
     rank = distributed.rank()
     rollouts, ages = fixed_batch()
@@ -87,13 +88,10 @@ def worker(out_dir: Path) -> None:
         mine = range(sum(shares[:rank]), sum(shares[:rank + 1]))
         rs, ag = [rollouts[i] for i in mine], [ages[i] for i in mine]
         mine_fresh = sum(i < NUM_FRESH for i in mine)
-        lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rs]
-        plan = distributed.same_micro_batch_count(micro_batches(lengths, 24), lengths)
-        result = run_update(model, ref, rs, ag, mine_fresh, kw,
-                            total_tokens=sum(r.completion_ids.numel() for r in rollouts),
-                            total_seqs=len(rollouts), plan=plan)
+        extra = distributed.global_batch(rs, token_budget=BUDGET)  # as train.py calls it
+        result = run_update(model, ref, rs, ag, mine_fresh, kw, **extra)
         loss = sum(distributed.gather(result.loss))
-        idle = distributed.gather(sum(1 for mb in plan if not mb))
+        idle = distributed.gather(sum(1 for mb in extra["plan"] if not mb))
         after = distributed.full_model_state(model)
         if rank == 0:
             delta = {k: after[k] - before[k] for k in before}
@@ -132,6 +130,80 @@ def test_two_processes_take_the_single_process_update(tmp_path):
         assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
     # The uneven split made rank 0 run idle passes, so that path was exercised.
     assert torch.load(tmp_path / "token_mean_clip_kl.pt", weights_only=True)["idle"][0] > 0
+
+
+def train_args(run_dir: Path, *extra: str) -> list[str]:
+    from tests.conftest import toy_overrides
+
+    overrides = [o for o in toy_overrides() if not o.startswith("trainer.steps=")]
+    return ["-m", "replaygrpo", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.steps=3",
+            "method=replay", "replay.tau_max=1", "checkpoint.every=1", *extra]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    out = torchrun(*train_args(full))
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = metrics(full)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # global figures: 4 prompts x 4 completions over both ranks
+        assert r["batch/n_fresh"] == 16 and r["replay/age_max"] <= 1
+        assert sum(r["replay/age_hist"]) == r["batch/n_fresh"] + r["batch/n_replay"]
+        assert r["batch/n_replay"] <= r["batch/n_fresh"]
+        assert r["loss/ratio_mean_by_age"][0] == pytest.approx(1.0, abs=1e-6)  # fresh: the weights that made them
+    assert rows[0]["batch/n_replay"] == 0 and any(r["batch/n_replay"] > 0 for r in rows[1:])
+    assert rows[-1]["rollouts/generated"] == 48
+    assert (full / "final_model" / "model.safetensors").is_file() and (full / "summary.json").is_file()
+    ckpt = full / "checkpoints" / "step-00000001"
+    assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors", "model.safetensors"} <= {
+        p.name for p in ckpt.iterdir()}
+
+    # Resume from step 1 under the same world size: the same metrics and final weights.
+    shutil.copytree(full, resumed)
+    for p in ("checkpoints/step-00000002", "final_model", "summary.json"):
+        shutil.rmtree(resumed / p) if (resumed / p).is_dir() else (resumed / p).unlink()
+    out = torchrun(*train_args(resumed, "resume=auto"))
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert metrics(resumed) == rows
+    a = load_file(full / "final_model" / "model.safetensors")
+    b = load_file(resumed / "final_model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # One process cannot take over two ranks' buffers: a clear error, no traceback.
+    from typer.testing import CliRunner
+
+    from replaygrpo.cli import app
+
+    out = CliRunner().invoke(app, ["train", *train_args(resumed, "resume=auto")[3:]])
+    assert out.exit_code == 2 and "2 process(es)" in out.output and "Traceback" not in out.output, out.output
+
+
+def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
+    from replaygrpo.config import Config, ConfigError, validate
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    cfg = Config()
+    cfg.trainer.prompts_per_step = 4
+    with pytest.raises(ConfigError, match="trainer.prompts_per_step"):
+        validate(cfg)
+    cfg.trainer.prompts_per_step = 6
+    validate(cfg)
+
+
+def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():
+    from replaygrpo.distributed import same_micro_batch_count
+
+    lengths = [3, 5, 9]
+    plan = same_micro_batch_count([[0, 1, 2]], lengths, 2)
+    assert plan == [[0], [1, 2]]  # the largest micro-batch split, within the budget it came with
+    plan = same_micro_batch_count([[0, 1], [2]], lengths, 5)
+    assert sorted(i for mb in plan for i in mb) == [0, 1, 2] and len(plan) == 5
+    assert sum(1 for mb in plan if not mb) == 2  # three rollouts: two idle passes
 
 
 if __name__ == "__main__":
