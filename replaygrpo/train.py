@@ -97,13 +97,19 @@ def load_policy(cfg: Config):
 @torch.no_grad()
 def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: GradingPool,
              max_new_tokens: int) -> tuple[float, float]:
-    """Greedy accuracy and mean response tokens on the toy test split (under torchrun each
-    rank takes every world_size-th problem and the results are gathered)."""
-    share = slice(distributed.rank(), None, distributed.world_size())
-    out = engine.generate(prompts[share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    """Greedy accuracy and mean response tokens on the toy test split.
+
+    Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
+    dropped afterwards): HF generate on an FSDP module syncs every token across ranks, so
+    every rank must make the same generate calls.
+    """
+    n = len(prompts)
+    pad = -n % distributed.world_size()
+    share = distributed.my_share(list(zip(prompts + prompts[:pad], golds + golds[:pad])))
+    out = engine.generate([p for p, _ in share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
     texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
-    mine = list(zip(grader.grade_many(texts, golds[share]), [g[0].token_ids.numel() for g in out]))
-    correct, tokens = zip(*[x for rank_results in distributed.gather(mine) for x in rank_results])
+    mine = list(zip(grader.grade_many(texts, [gold for _, gold in share]), [g[0].token_ids.numel() for g in out]))
+    correct, tokens = zip(*[x for rank_results in distributed.gather(mine) for x in rank_results][:n])
     return float(np.mean(correct)), float(np.mean(tokens))
 
 
@@ -235,7 +241,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             # 1. Draw B prompts and sample G completions each with the current policy. Every
             # rank draws the same B (same sampler seed) and generates for its contiguous share:
             # groups stay whole on one rank, so the advantages below are local. FSDP2 holds the
-            # full weights during generation (see distributed.full_params).
+            # full weights during generation (see distributed.full_params); equal shares mean
+            # equal generate calls, which HF generate's per-token sync across ranks needs.
             all_idx = sampler.next(t_cfg.prompts_per_step)
             idx = distributed.my_share(all_idx)
             with distributed.full_params(model):

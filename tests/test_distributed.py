@@ -74,9 +74,31 @@ def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
 
 def worker(out_dir: Path) -> None:
     """Run under torchrun: each rank updates on its share of the batch; rank 0 saves the result."""
+    from torch.distributed.tensor import DTensor
+
     from replaygrpo import distributed
+
     distributed.init(torch.device("cpu"))
     rank = distributed.rank()
+    # Generation: ranks generate different numbers of tokens, first before any sharded
+    # forward (FSDP's lazy init) and again after a training step. Under full_params the
+    # parameters stay whole (plain tensors, not DTensor shards) through every token's
+    # forward, so no forward all-gathers; they are sharded again afterwards.
+    model, _ = tiny_model(kl=False)
+    distributed.shard(model, torch.device("cpu"))
+    generated, whole = [], []
+    for again in (False, True):
+        if again:
+            run_update(model, None, *fixed_batch(), NUM_FRESH, CASES["seq_mean_token_sum"][0],
+                       **distributed.global_batch(fixed_batch()[0], BUDGET))
+        with distributed.full_params(model):
+            n = 2 + 9 * rank
+            out = model.generate(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                                 do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=0)
+            whole.append(not any(isinstance(p, DTensor) for p in model.parameters()))
+        whole.append(all(isinstance(p, DTensor) for p in model.parameters()))
+        generated.append(out.shape[1] - 3)
+    generated = distributed.gather((generated, whole))
     rollouts, ages = fixed_batch()
     for name, (kw, shares) in CASES.items():
         model, ref = tiny_model(kl=kw["kl_coef"] > 0)
@@ -95,7 +117,8 @@ def worker(out_dir: Path) -> None:
         after = distributed.full_model_state(model)
         if rank == 0:
             delta = {k: after[k] - before[k] for k in before}
-            torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle},
+            torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle,
+                        "generated": generated},
                        out_dir / f"{name}.pt")
     distributed.close()
 
@@ -130,13 +153,16 @@ def test_two_processes_take_the_single_process_update(tmp_path):
         assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
     # The uneven split made rank 0 run idle passes, so that path was exercised.
     assert torch.load(tmp_path / "token_mean_clip_kl.pt", weights_only=True)["idle"][0] > 0
+    generated = torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["generated"]
+    assert generated == [([2, 2], [True] * 4), ([11, 11], [True] * 4)]
 
 
 def train_args(run_dir: Path, *extra: str) -> list[str]:
     from tests.conftest import toy_overrides
 
-    overrides = [o for o in toy_overrides() if not o.startswith("trainer.steps=")]
+    overrides = [o for o in toy_overrides() if not o.startswith(("trainer.steps=", "trainer.eval_size="))]
     return ["-m", "replaygrpo", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.steps=3",
+            "trainer.eval_size=33",  # not a multiple of 2: the eval's padding is dropped again
             "method=replay", "replay.tau_max=1", "checkpoint.every=1", *extra]
 
 
@@ -159,6 +185,9 @@ def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
     assert rows[0]["batch/n_replay"] == 0 and any(r["batch/n_replay"] > 0 for r in rows[1:])
     assert rows[-1]["rollouts/generated"] == 48
     assert (full / "final_model" / "model.safetensors").is_file() and (full / "summary.json").is_file()
+    summary = json.loads((full / "summary.json").read_text())
+    for acc in (summary["start_accuracy"], summary["final_accuracy"]):
+        assert acc * 33 == pytest.approx(round(acc * 33), abs=1e-9)  # of the 33 problems, not 34
     ckpt = full / "checkpoints" / "step-00000001"
     assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors", "model.safetensors"} <= {
         p.name for p in ckpt.iterdir()}
@@ -193,6 +222,9 @@ def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
         validate(cfg)
     cfg.trainer.prompts_per_step = 6
     validate(cfg)
+    cfg.engine.name = "vllm"
+    with pytest.raises(ConfigError, match="engine.name"):
+        validate(cfg)
 
 
 def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():
