@@ -6,6 +6,12 @@ either a complete checkpoint or a temporary directory that is ignored. Weights a
 buffer are safetensors, state is JSON; the optimiser's state dict goes through
 `torch.save` and is only ever read back with `weights_only=True` (tensors and plain
 containers, no arbitrary pickle).
+
+Under torchrun every rank takes part: rank 0 writes the full weights and optimiser state
+(gathered from the FSDP shards, keyed by parameter name) and state.json; each rank writes
+its own buffer and RNG state (buffer_rank{r}, rng_rank{r}, state_rank{r}.json) into the
+same temporary directory before rank 0 checksums and renames it. The run directory must
+then be on a filesystem every node sees. Resuming needs the same number of processes.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from replaygrpo import distributed
 from replaygrpo.report import flatten
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,9 @@ def _fsync(path: Path) -> None:
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     np_state = np.random.get_state()
     tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and distributed.active():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()  # this rank's device only
+    elif torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{i}"] = s
     meta = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -73,6 +82,8 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
 
 
 def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -85,36 +96,59 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[st
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, buffer: Any, state: dict[str, Any], replay_gen: torch.Generator,
                     config: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep`."""
+    """Write checkpoint `step` atomically and keep only the newest `keep` (every rank calls it)."""
+    weights = distributed.full_model_state(model)  # collectives: rank 0 gets the full state
+    optim = distributed.full_optimizer_state(model, optimizer)
+    main, world = distributed.is_main(), distributed.world_size()
     root = run_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    rng_tensors, rng_meta = rng_state()
+    tmp = Path(distributed.broadcast(str(root / f".tmp-step-{step:08d}-{os.getpid()}")))
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    distributed.barrier()
+    # This rank's own state: RNGs and buffer (in one process, its metadata goes in state.json).
+    sfx = _rank_suffix()
+    rng_tensors, own = rng_state()
     rng_tensors["replay_gen"] = replay_gen.get_state()
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    meta: dict[str, Any] = {"step": step, "state": state, "rng": rng_meta, "config": config}
+    save_file(rng_tensors, tmp / f"rng{sfx}.safetensors")
+    meta_own: dict[str, Any] = {"rng": own}
+    written = [tmp / f"rng{sfx}.safetensors"]
     if buffer is not None:
-        buf_tensors, buf_meta = buffer.state_dict()
-        save_file(buf_tensors, tmp / "buffer.safetensors")
-        meta["buffer"] = buf_meta
-    (tmp / "state.json").write_text(json.dumps(meta))
-    files = sorted(p for p in tmp.iterdir() if p.is_file())
-    for p in files:
+        buf_tensors, meta_own["buffer"] = buffer.state_dict()
+        save_file(buf_tensors, tmp / f"buffer{sfx}.safetensors")
+        written.append(tmp / f"buffer{sfx}.safetensors")
+    if world > 1:
+        (tmp / f"state{sfx}.json").write_text(json.dumps(meta_own))
+        written.append(tmp / f"state{sfx}.json")
+    for p in written:
         _fsync(p)
-    (tmp / MANIFEST).write_text(json.dumps({p.name: _sha256(p) for p in files}))
-    _fsync(tmp / MANIFEST)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync(root)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # every rank's files are in place
+    if main:
+        save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        meta: dict[str, Any] = {"step": step, "state": state, "config": config, "world_size": world}
+        if world == 1:
+            meta.update(meta_own)
+        (tmp / "state.json").write_text(json.dumps(meta))
+        for p in (tmp / "model.safetensors", tmp / "optim.pt", tmp / "state.json"):
+            _fsync(p)
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        (tmp / MANIFEST).write_text(json.dumps({p.name: _sha256(p) for p in files}))
+        _fsync(tmp / MANIFEST)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync(root)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # no rank goes on (or exits) before the checkpoint is in place
     return final
+
+
+def _rank_suffix() -> str:
+    """'' in one process, '_rank{r}' under torchrun: the names of a rank's own files."""
+    return f"_rank{distributed.rank()}" if distributed.active() else ""
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -157,12 +191,27 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Everything a resume needs. Under torchrun the weights and optimiser state are read
+    on rank 0 only ({} elsewhere; `distributed.load_full_state` broadcasts them), and each
+    rank reads its own buffer and RNGs, so the number of processes must be the same."""
     meta = json.loads((path / "state.json").read_text())
-    meta["weights"] = load_file(path / "model.safetensors")
-    meta["optim"] = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
-    meta["rng_tensors"] = load_file(path / "rng.safetensors")
-    if (path / "buffer.safetensors").exists():
-        meta["buffer_tensors"] = load_file(path / "buffer.safetensors")
+    saved_world, world = meta.get("world_size", 1), distributed.world_size()
+    if saved_world != world:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}; every "
+            "rank's replay buffer and RNG state is its own, so resume with the same number of processes "
+            "(torchrun --nnodes/--nproc_per_node).")
+    sfx = _rank_suffix()
+    if world > 1:
+        meta.update(json.loads((path / f"state{sfx}.json").read_text()))
+    main = distributed.is_main()
+    meta["weights"] = load_file(path / "model.safetensors") if main else {}
+    optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu") if main else {"optimizer": {}}
+    optim["scheduler"] = distributed.broadcast(optim.get("scheduler"))
+    meta["optim"] = optim
+    meta["rng_tensors"] = load_file(path / f"rng{sfx}.safetensors")
+    if (path / f"buffer{sfx}.safetensors").exists():
+        meta["buffer_tensors"] = load_file(path / f"buffer{sfx}.safetensors")
     return meta
 
 

@@ -7,6 +7,7 @@ app; `--help` stays Typer's.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -65,6 +66,8 @@ def _train_app(dcfg: DictConfig) -> float | None:
     try:
         cfg = to_config(dcfg)
         summary = train(cfg, run_dir)
+        if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 reports and evaluates
+            return None
         if cfg.eval_after_train:
             from replaygrpo.evaluate import run_eval
 

@@ -6,6 +6,7 @@ cross-field rules with an error that names the key, the bad value and what is al
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,10 +297,17 @@ def validate(cfg: Config) -> Config:
     _require(t.group_size >= 2 or lo.adv_scale == "none", "trainer.group_size", t.group_size,
              "an integer >= 2 (a group of 1 has no std; use loss.adv_scale=none for G=1)")
     _require(t.group_size >= 1, "trainer.group_size", t.group_size, "an integer >= 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    _require(t.prompts_per_step % world == 0, "trainer.prompts_per_step", t.prompts_per_step,
+             f"a multiple of the number of processes ({world}, torchrun's WORLD_SIZE): each rank takes an equal share")
+    _require(world == 1 or cfg.engine.name == "hf", "engine.name", cfg.engine.name,
+             "hf under torchrun (the vllm engine is single-process for now; see docs/distributed.md)")
     _require(t.lr > 0, "trainer.lr", t.lr, "a float > 0")
     _require(not (t.update_layout == "shared_prefix" and cfg.model.gradient_checkpointing), "trainer.update_layout",
              t.update_layout, "auto, packed or padded with model.gradient_checkpointing=true (it drops the KV cache "
              "the shared prefix is built on)")
+    _require(world == 1 or t.update_layout != "shared_prefix", "trainer.update_layout", t.update_layout,
+             "auto, packed or padded under torchrun (every rank must run the same forwards per micro-batch)")
     _require(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "a float >= 0 (0 = off)")
     _require(0 <= lo.clip_low < 1, "loss.clip_low", lo.clip_low, "a float in [0, 1)")
     _require(lo.clip_high >= 0, "loss.clip_high", lo.clip_high, "a float >= 0")

@@ -100,13 +100,21 @@ LAYOUTS = ("shared_prefix", "packed", "padded")
 
 
 def choose_layout(layout: str, model: torch.nn.Module) -> str:
-    """Resolve "auto": shared_prefix, or without a KV cache (gradient checkpointing) packed
-    where the attention has varlen kernels (flash attention) and padded where it would
-    need a dense (T, T) mask."""
+    """Resolve "auto": shared_prefix, or where no KV cache can be kept (gradient
+    checkpointing, several processes) packed where the attention has varlen kernels (flash
+    attention) and padded where it would need a dense (T, T) mask."""
+    from replaygrpo import distributed
+
+    if distributed.active():
+        # Under FSDP every rank must run the same forwards per micro-batch; shared_prefix runs
+        # one or two (none after the prompt when every completion has one token).
+        if layout == "shared_prefix":
+            raise ValueError("trainer.update_layout=shared_prefix is not supported under torchrun; "
+                             "use auto, packed or padded")
+    elif layout == "auto" and not getattr(model, "is_gradient_checkpointing", False):
+        return "shared_prefix"
     if layout != "auto":
         return layout
-    if not getattr(model, "is_gradient_checkpointing", False):
-        return "shared_prefix"
     attn = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     return "packed" if attn.startswith("flash") else "padded"
 

@@ -12,11 +12,12 @@ from replaygrpo.config import Config
 
 
 class MetricsLogger:
-    def __init__(self, path: Path, cfg: Config) -> None:
+    def __init__(self, path: Path, cfg: Config, enabled: bool = True) -> None:
+        """`enabled=False` logs nothing (the ranks other than 0 under torchrun)."""
         self.path = path
-        self._file = path.open("a", encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8") if enabled else None
         self._wandb = None
-        if cfg.logger.wandb:
+        if cfg.logger.wandb and enabled:
             import os
 
             import wandb  # imported only when asked for
@@ -27,6 +28,8 @@ class MetricsLogger:
                                      config=asdict(cfg), name=path.parent.name)
 
     def log(self, metrics: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         self._file.write(json.dumps(metrics) + "\n")
         self._file.flush()
         if self._wandb is not None:
@@ -34,11 +37,12 @@ class MetricsLogger:
             self._wandb.log(scalars, step=metrics["step"])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
 
 
-def progress_bar(total: int) -> Progress:
+def progress_bar(total: int, disable: bool = False) -> Progress:
     return Progress(TextColumn("step"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn())
+                    TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=disable)

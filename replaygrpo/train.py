@@ -10,6 +10,10 @@ Departures from the paper, all deliberate: (1) by default pi_old for a fresh rol
 the trainer's own log-prob from the update's forward (identical weights, no extra pass),
 not the engine's; (2) eviction runs before sampling at every step, so the age bound
 holds even if a step is skipped.
+
+Under torchrun (docs/distributed.md) each rank generates for its contiguous share of the
+step's prompts and keeps its own buffer; the update is one FSDP2 step on the global
+batch, and rank 0 logs global figures and writes checkpoints and the final model.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaygrpo import distributed
 from replaygrpo.checkpoint import (CheckpointError, find_resume_point, incompatible_keys,
                                    load_checkpoint, save_checkpoint, set_rng_state, truncate_metrics)
 from replaygrpo.config import Config
@@ -35,7 +40,7 @@ from replaygrpo.data.train_sets import load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.grpo import group_advantages
 from replaygrpo.metrics import MetricsLogger, progress_bar
-from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, stop_token_ids
+from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device, stop_token_ids
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
@@ -79,6 +84,9 @@ def load_policy(cfg: Config):
     if path == "toy":
         from replaygrpo.toymodel import warm_start
 
+        if distributed.is_main():  # once; the other ranks then find it cached
+            warm_start(cfg)
+        distributed.barrier()
         path = str(warm_start(cfg))
     model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer,  # float32 master weights
                             cfg.model.attn_implementation)
@@ -90,11 +98,20 @@ def load_policy(cfg: Config):
 @torch.no_grad()
 def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: GradingPool,
              max_new_tokens: int) -> tuple[float, float]:
-    """Greedy accuracy and mean response tokens on the toy test split."""
-    out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    """Greedy accuracy and mean response tokens on the toy test split.
+
+    Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
+    dropped afterwards): HF generate on an FSDP module syncs every token across ranks, so
+    every rank must make the same generate calls.
+    """
+    n = len(prompts)
+    pad = -n % distributed.world_size()
+    share = distributed.my_share(list(zip(prompts + prompts[:pad], golds + golds[:pad])))
+    out = engine.generate([p for p, _ in share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
     texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
-    correct = grader.grade_many(texts, golds)
-    return float(np.mean(correct)), float(np.mean([g[0].token_ids.numel() for g in out]))
+    mine = list(zip(grader.grade_many(texts, [gold for _, gold in share]), [g[0].token_ids.numel() for g in out]))
+    correct, tokens = zip(*[x for rank_results in distributed.gather(mine) for x in rank_results][:n])
+    return float(np.mean(correct)), float(np.mean(tokens))
 
 
 def check_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -136,6 +153,9 @@ class _StopFlag:
 
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train per `cfg`, writing metrics.jsonl, checkpoints and the final model into `run_dir`."""
+    distributed.init(resolve_device(cfg.device))  # torchrun: join the group; else nothing
+    rank, world = distributed.rank(), distributed.world_size()
+    run_dir = Path(distributed.broadcast(str(run_dir)))  # Hydra's default dir is a timestamp: use rank 0's
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, cfg)
     seed_everything(cfg.seed)
@@ -145,7 +165,13 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     problems = load_train_set(cfg)  # first: a bad data file should fail before minutes of model loading
     model, tok = load_policy(cfg)
     eos = end_of_text_id(model, tok)
+    distributed.broadcast_weights(model)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
+    # torchrun: FSDP2 shards the policy (and the reference) over the ranks; else unchanged.
+    device = next(model.parameters()).device
+    distributed.shard(model, device)
+    if ref_model is not None:
+        distributed.shard(ref_model, device)
     test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
     def encode(ps: list) -> list[list[int]]:
         return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
@@ -164,7 +190,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / t_cfg.warmup_steps) if t_cfg.warmup_steps else 1.0)
-    replay_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    replay_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * rank)  # each rank's own buffer draws
     grader = GradingPool(num_workers=t_cfg.grader_workers, timeout=cfg.eval.grade_timeout)
     max_age = cfg.replay.tau_max if cfg.method.name == "replay" and cfg.replay.tau_max is not None else 0
     cfg_dict = asdict(cfg)
@@ -173,15 +199,15 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     state: dict[str, Any] = {"step": 0, "rollouts_generated": 0, "next_group": 0, "start_accuracy": None,
                              "accuracy": None, "bad_steps": 0, "skipped_steps": 0, "sampler": None}
     metrics_path = run_dir / "metrics.jsonl"
-    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None else None
+    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None and distributed.is_main() else None
+    ckpt = distributed.broadcast(ckpt)  # rank 0 checks the checksums once and picks for all
     if ckpt is not None:
         saved = load_checkpoint(ckpt)
         bad = incompatible_keys(saved["config"], cfg_dict)
         if bad:
             raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
                                   + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
-        model.load_state_dict(saved["weights"])
-        optimizer.load_state_dict(saved["optim"]["optimizer"])
+        distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
         scheduler.load_state_dict(saved["optim"]["scheduler"])
         if buffer is not None:
             buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
@@ -190,11 +216,12 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         state = saved["state"]
         sampler.load_state_dict(state["sampler"])
         engine.sync_weights(model)
-        truncate_metrics(metrics_path, state["step"])
+        if distributed.is_main():
+            truncate_metrics(metrics_path, state["step"])
         log.info("resumed from %s at step %d", ckpt, state["step"])
-    elif cfg.resume is not None or cfg.overwrite:
+    elif (cfg.resume is not None or cfg.overwrite) and distributed.is_main():
         truncate_metrics(metrics_path, 0)
-    logger = MetricsLogger(metrics_path, cfg)
+    logger = MetricsLogger(metrics_path, cfg, enabled=distributed.is_main())  # rank 0 writes
 
     def checkpoint() -> Path:
         state["sampler"] = sampler.state_dict()
@@ -203,19 +230,26 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                keep=cfg.checkpoint.keep)
 
     model.train()
-    with grader, _StopFlag() as stop, progress_bar(t_cfg.steps) as progress:
+    with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            state["start_accuracy"], _ = toy_eval(
-                engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+            with distributed.full_params(model):
+                state["start_accuracy"], _ = toy_eval(
+                    engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
-            # 1. Draw B prompts and sample G completions each with the current policy.
-            idx = sampler.next(t_cfg.prompts_per_step)
-            groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
-                n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
-                max_new_tokens=e_cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step))
+            # 1. Draw B prompts and sample G completions each with the current policy. Every
+            # rank draws the same B (same sampler seed) and generates for its contiguous share:
+            # groups stay whole on one rank, so the advantages below are local. FSDP2 holds the
+            # full weights during generation (see distributed.full_params); equal shares mean
+            # equal generate calls, which HF generate's per-token sync across ranks needs.
+            all_idx = sampler.next(t_cfg.prompts_per_step)
+            idx = distributed.my_share(all_idx)
+            with distributed.full_params(model):
+                groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
+                    n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
+                    max_new_tokens=e_cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + step) * world + rank))
             t_gen = time.perf_counter()
 
             # 2. Reward: 1 if the extracted answer is equivalent to the gold, else 0.
@@ -226,8 +260,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             t_grade = time.perf_counter()
 
             # 3-4. Group-relative advantages; every completion becomes one rollout.
-            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + state["next_group"]
-            state["next_group"] += len(idx)
+            first_group = state["next_group"] + rank * len(idx)
+            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + first_group
+            state["next_group"] += len(all_idx)
             adv = group_advantages(rewards, group_ids, scale=l_cfg.adv_scale)
             prompt_tensors = [torch.tensor(prompt_ids[i], dtype=torch.int32) for i in idx]  # shared by a group
             fresh = [
@@ -248,6 +283,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             behaviour = [r.old_logprobs for r in batch] if l_cfg.tis_cap else None
 
             # 8-9. One clipped-surrogate optimiser step on the composed batch, then push the weights.
+            # Under torchrun the batch is this rank's share; update_step makes it one global step.
             engine.sleep()
             result = update_step(
                 model, optimizer, batch, ages, num_fresh=len(used), pad_id=tok.pad_token_id,
@@ -270,42 +306,62 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                         r.old_logprobs = lp
                 buffer.add(used if cfg.replay.anchor else fresh)
 
-            state["rollouts_generated"] += len(completions)
-            state["skipped_steps"] += int(result.skipped)
-            state["bad_steps"] = state["bad_steps"] + 1 if result.skipped else 0
-            if result.skipped:
+            # Metrics are of the global batch: one gather of every rank's per-rollout numbers
+            # and counts (in one process, a list of one). Each rank's loss and KL are already
+            # its share of the global mean, so they add up.
+            ranks = distributed.gather({
+                "rewards": rewards, "adv": adv, "ages": torch.tensor(ages, dtype=torch.long),
+                "lengths": torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32),
+                "truncated": torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.float64),
+                "by_age": torch.stack([result.clip_count_by_age, result.ratio_sum_by_age, result.tokens_by_age]),
+                "n_fresh": len(used), "buffer": len(buffer) if buffer is not None else 0, "loss": result.loss,
+                "kl": result.kl, "trained": sum(r.completion_ids.numel() for r in batch), "skipped": result.skipped,
+                "rows_skipped": result.rows_skipped,
+                "stop": stop.signum})
+            g = {k: torch.cat([r[k] for r in ranks]) for k in ("rewards", "adv", "ages", "lengths", "truncated")}
+            rep_ages = torch.cat([r["ages"][r["n_fresh"]:] for r in ranks])
+            n_age = max(max_age, int(g["ages"].max())) + 1  # the age bound's length for replay, else what occurred
+            clip_by_age, ratio_by_age, tokens_by_age = sum(
+                torch.nn.functional.pad(r["by_age"], (0, n_age - r["by_age"].shape[1])) for r in ranks)
+            n_tokens_forwarded = float(tokens_by_age.sum())
+            n_tokens = max(n_tokens_forwarded, 1.0)
+            tokens_by_age = tokens_by_age.clamp(min=1)
+            skipped = any(r["skipped"] for r in ranks)
+            signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)  # all ranks stop together
+
+            state["rollouts_generated"] += len(g["rewards"])
+            state["skipped_steps"] += int(skipped)
+            state["bad_steps"] = state["bad_steps"] + 1 if skipped else 0
+            if skipped:
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step + 1, state["bad_steps"])
-            lengths = torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32)
-            rep_ages = torch.tensor(ages[len(used):], dtype=torch.long)
-            n_age = max(max_age, *ages) + 1  # the age bound's length for replay, else what occurred
-            tokens_by_age = result.tokens_by_age.clamp(min=1)
+            n_fresh = sum(r["n_fresh"] for r in ranks)
             metrics: dict[str, Any] = {
                 "step": step + 1,
                 "rollouts/generated": state["rollouts_generated"],
-                "reward/mean": float(rewards.mean()),
-                "response/tokens_mean": float(lengths.mean()),
-                "response/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-                "batch/n_fresh": len(used),
-                "batch/n_replay": len(replayed),
-                "batch/zero_adv_frac": float((adv == 0).float().mean()),
-                "batch/rows_skipped": result.rows_skipped,
-                "buffer/size": len(buffer) if buffer is not None else 0,
+                "reward/mean": float(g["rewards"].mean()),
+                "response/tokens_mean": float(g["lengths"].mean()),
+                "response/truncated_frac": float(g["truncated"].mean()),
+                "batch/n_fresh": n_fresh,
+                "batch/n_replay": len(g["ages"]) - n_fresh,
+                "batch/zero_adv_frac": float((g["adv"] == 0).float().mean()),
+                "batch/rows_skipped": sum(r["rows_skipped"] for r in ranks),
+                "buffer/size": sum(r["buffer"] for r in ranks),
                 "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
                 "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,
-                "replay/age_hist": torch.bincount(torch.tensor(ages, dtype=torch.long), minlength=n_age).tolist(),
-                "loss/pg": result.loss,
-                "loss/clip_fraction": result.clip_fraction,
-                "loss/ratio_mean": result.ratio_mean,
-                "loss/clip_fraction_by_age": (result.clip_count_by_age / tokens_by_age).tolist(),
-                "loss/ratio_mean_by_age": (result.ratio_sum_by_age / tokens_by_age).tolist(),
-                "loss/kl": result.kl,
+                "replay/age_hist": torch.bincount(g["ages"], minlength=n_age).tolist(),
+                "loss/pg": sum(r["loss"] for r in ranks),
+                "loss/clip_fraction": float(clip_by_age.sum()) / n_tokens,
+                "loss/ratio_mean": float(ratio_by_age.sum()) / n_tokens,
+                "loss/clip_fraction_by_age": (clip_by_age / tokens_by_age).tolist(),
+                "loss/ratio_mean_by_age": (ratio_by_age / tokens_by_age).tolist(),
+                "loss/kl": sum(r["kl"] for r in ranks),
                 "loss/grad_norm": result.grad_norm,
-                "loss/skipped": int(result.skipped),
+                "loss/skipped": int(skipped),
                 "lr": scheduler.get_last_lr()[0],
-                "tokens/generated": int(lengths.sum()),
-                "tokens/trained": int(sum(r.completion_ids.numel() for r in batch)),
-                "tokens/forwarded": int(result.tokens_by_age.sum()),
+                "tokens/generated": int(g["lengths"].sum()),
+                "tokens/trained": sum(r["trained"] for r in ranks),
+                "tokens/forwarded": int(n_tokens_forwarded),
                 "time/generate": t_gen - t0,
                 "time/grade": t_grade - t_gen,
                 "time/update": t_update - t_grade,
@@ -313,7 +369,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 **engine.metrics(),
             }
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                state["accuracy"], eval_tokens = toy_eval(engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+                with distributed.full_params(model):
+                    state["accuracy"], eval_tokens = toy_eval(
+                        engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
                 metrics["eval/accuracy"] = state["accuracy"]
                 metrics["eval/tokens_mean"] = eval_tokens
             metrics["loss/skipped_total"] = state["skipped_steps"]
@@ -329,20 +387,24 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 raise TrainingDiverged(
                     f"{state['bad_steps']} steps in a row had a non-finite loss or gradient (step {step + 1}); "
                     f"the last good state is checkpointed at {path}. Lower trainer.lr or check the data.")
-            if stop.signum is not None:
+            if signum is not None:
                 path = checkpoint()
                 logger.close()
-                raise Interrupted(f"stopped by signal {stop.signum} after step {step + 1}; checkpoint {path}; "
+                raise Interrupted(f"stopped by signal {signum} after step {step + 1}; checkpoint {path}; "
                                   f"continue with resume=auto hydra.run.dir={run_dir}")
             if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < t_cfg.steps:
                 checkpoint()
 
     final = run_dir / FINAL_MODEL
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
+    weights = distributed.full_model_state(model)  # torchrun: gathered to rank 0
     logger.close()
     summary = {"start_accuracy": state["start_accuracy"], "final_accuracy": state["accuracy"],
                "steps": t_cfg.steps, "rollouts_generated": state["rollouts_generated"],
                "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        model.save_pretrained(final, state_dict=weights)
+        tok.save_pretrained(final)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    distributed.barrier()  # the final model exists before any rank returns
+    distributed.close()
     return summary

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
+from replaygrpo import distributed
 from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs
 from replaygrpo.grpo import policy_loss
 from replaygrpo.rollout.types import Rollout
@@ -32,6 +34,7 @@ class UpdateResult:
     ratio_sum_by_age: Tensor  # (max_age + 1,)
     tokens_by_age: Tensor  # (max_age + 1,) tokens forwarded per rollout age
     rows_skipped: int = 0  # zero-advantage rows left out of the forward
+    idle_passes: int = 0  # zero-gradient micro-batches run to match other ranks' count (torchrun)
 
 
 def micro_batches(rollouts: list[Rollout], token_budget: int) -> list[list[int]]:
@@ -91,6 +94,11 @@ def update_step(
     of the forward when `skip_zero_advantage` and no KL term needs them; they still count
     in the normaliser, their clip/ratio metrics are not measured, and a skipped fresh row
     keeps its given old_logprobs as its pi_old.
+
+    Under torchrun `rollouts` is this rank's share: the normaliser counts the whole global
+    batch, so FSDP's summed gradient is the single-process one, and every rank runs as many
+    micro-batches (each sharded forward and backward is a collective), with idle passes
+    where a rank has too few rollouts.
     """
     device = next(model.parameters()).device
     total_tokens = sum(r.completion_ids.numel() for r in rollouts)
@@ -98,6 +106,12 @@ def update_step(
     kl_on = ref_model is not None and kl_coef > 0
     active = [i for i, r in enumerate(rollouts) if not (skip_zero_advantage and not kl_on and r.advantage == 0)]
     layout = choose_layout(layout, model)
+    plan = [[active[j] for j in mb] for mb in micro_batches([rollouts[i] for i in active], token_budget)]
+    if distributed.active():
+        counts = distributed.gather((total_tokens, total_seqs, len(plan)))
+        total_tokens, total_seqs = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts]
+        plan = distributed.same_micro_batch_count(plan, lengths, max(c[2] for c in counts))
     fresh_logprobs = [r.old_logprobs for r in rollouts[:num_fresh]]
     n_age = max(max_age, max(ages, default=0)) + 1
     clip_by_age = torch.zeros(n_age)
@@ -105,8 +119,10 @@ def update_step(
     tokens_by_age = torch.zeros(n_age)
     loss_total, kl_total = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
-    for mb in micro_batches([rollouts[i] for i in active], token_budget):
-        rows = [active[j] for j in mb]  # positions in `rollouts`
+    for rows in plan:  # positions in `rollouts`
+        if not rows:
+            distributed.idle_pass(model, ref_model if kl_on else None, pad_id, device)
+            continue
         batch = [rollouts[i] for i in rows]
         cb = CompletionBatch.build([r.prompt_ids for r in batch], [r.completion_ids for r in batch], pad_id)
         cb = cb.to(device)
@@ -150,6 +166,7 @@ def update_step(
         if p.grad is None:  # every row skipped: AdamW still steps, as on the all-zero gradient
             p.grad = torch.zeros_like(p)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: the global norm
     skipped = not (math.isfinite(loss_total) and bool(torch.isfinite(norm)))
     if skipped:
         optimizer.zero_grad(set_to_none=True)
@@ -161,7 +178,7 @@ def update_step(
         clip_fraction=float(clip_by_age.sum()) / max(tokens, 1.0),
         ratio_mean=float(ratio_by_age.sum()) / max(tokens, 1.0), kl=kl_total,
         clip_count_by_age=clip_by_age, ratio_sum_by_age=ratio_by_age, tokens_by_age=tokens_by_age,
-        rows_skipped=len(rollouts) - len(active))
+        rows_skipped=len(rollouts) - len(active), idle_passes=sum(1 for rows in plan if not rows))
 
 
 def _pad_values(values: list[Tensor], width: int) -> Tensor:

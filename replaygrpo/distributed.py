@@ -1,0 +1,226 @@
+"""Several processes under torchrun: FSDP2 for the update, data-parallel generation.
+
+`torchrun --nproc_per_node N -m replaygrpo train ...` runs the same algorithm as one
+process. Each rank generates for its contiguous share of the step's prompts (groups stay
+whole, so advantages stay local), keeps its own replay buffer, and the update is one
+FSDP2 step whose gradient is the single-process gradient of the whole global batch:
+the loss normaliser (tokens or sequences) is the global count, and FSDP sums gradients
+over ranks instead of averaging them. Without torchrun (or with one process) every
+function here is a no-op or the identity and no process group exists.
+
+Nothing here is a distributed layer of its own: torch.distributed collectives, FSDP2's
+`fully_shard` and the `torch.distributed.checkpoint.state_dict` API do the work.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def init(device: torch.device) -> None:
+    """Join torchrun's process group when launched by torchrun with more than one process.
+
+    torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; NCCL carries the CUDA collectives and
+    gloo the CPU ones (metrics, object gathers), so one group serves both.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("cuda:nccl,cpu:gloo")
+    else:
+        dist.init_process_group("gloo")
+    if dist.get_rank() > 0:
+        logging.getLogger("replaygrpo").setLevel(logging.WARNING)  # rank 0 tells the story
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (small objects: per-step stats)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def my_share(items: list[Any]) -> list[Any]:
+    """This rank's contiguous share of a list whose length divides by the world size."""
+    n = len(items) // world_size()
+    return items[rank() * n:(rank() + 1) * n]
+
+
+# --- the model --------------------------------------------------------------------------
+
+def broadcast_weights(model: nn.Module) -> None:
+    """Start every replica from rank 0's weights (what DDP does at construction), so a
+    warm start trained separately on another node cannot make the shards disagree."""
+    if active():
+        for t in model.state_dict().values():
+            dist.broadcast(t.data, src=0)
+
+
+def shard(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head).
+
+    Gradients are summed over ranks, not averaged: the loss is already normalised by the
+    global token (or sequence) count, so the sum is the single-process gradient.
+    """
+    if not active():
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size(),))
+    layer_types = set(getattr(model, "_no_split_modules", None) or [])  # HF: e.g. Qwen3DecoderLayer
+    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no decoder layer class (_no_split_modules); cannot shard")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM/AVG
+    return model
+
+
+@contextmanager
+def full_params(model: nn.Module) -> Iterator[None]:
+    """Hold the full (unsharded) parameters on every rank while generating.
+
+    A sharded forward all-gathers each layer's parameters, a collective every rank must
+    join, and generation lengths differ across ranks. HF `generate` on an FSDP module
+    avoids the deadlock by itself (`synced_gpus`: every rank keeps stepping, with one
+    all-reduce per token, until all are done, so every rank must make the same generate
+    calls), but each token's forward would then all-gather the whole model. Unsharding
+    once (FSDP2's `unshard`) and not resharding after each forward makes every token's
+    forward local; it costs one full copy of the weights per rank for the duration, as a
+    replica would. Re-sharded on exit.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        yield
+        return
+    for m in modules:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in modules:  # FSDP2's defaults: layers reshard after forward, the root does not
+            m.set_reshard_after_forward(m is not model, recurse=False)
+            m.reshard()
+
+
+def same_micro_batch_count(plan: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:
+    """A micro-batch plan (`update.micro_batches`) brought to `count` entries.
+
+    Every sharded forward and backward is a collective, so all ranks must run as many
+    micro-batches. A rank with fewer splits its largest ones (still within the budget);
+    if it has fewer rollouts than the count, empty entries ask for idle passes.
+    """
+    plan = list(plan)
+    while len(plan) < count and any(len(mb) > 1 for mb in plan):
+        big = max(range(len(plan)), key=lambda i: len(plan[i]) * max(lengths[j] for j in plan[i]))
+        mb = plan.pop(big)
+        plan += [mb[:len(mb) // 2], mb[len(mb) // 2:]]
+    return plan + [[] for _ in range(count - len(plan))]
+
+
+def idle_pass(model: nn.Module, ref_model: nn.Module | None, pad_id: int, device: torch.device) -> None:
+    """A forward and backward that adds zero gradient, so this rank joins the collectives
+    of a micro-batch it does not have (see `same_micro_batch_count`)."""
+    ids = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    logits = model(input_ids=ids).logits  # the same order of collectives as a real micro-batch:
+    if ref_model is not None:  # policy forward, reference forward, backward
+        with torch.no_grad():
+            ref_model(input_ids=ids)
+    (logits.sum() * 0.0).backward()
+
+
+# --- full state for checkpoints and the final model -------------------------------------
+
+def _options(**kw: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Under torchrun the unsharded weights on rank 0 (CPU), {} elsewhere (a collective);
+    in one process `model.state_dict()`."""
+    if not active():
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Under torchrun the optimiser state keyed by parameter name (full tensors) on rank 0,
+    {} elsewhere (a collective); in one process `optimizer.state_dict()`."""
+    if not active():
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    weights: dict[str, torch.Tensor], optim: dict[str, Any]) -> None:
+    """Load rank 0's full weights and optimiser state into the sharded model (the other
+    ranks pass {}); a collective. In one process, plain `load_state_dict`."""
+    if not active():
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optim)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    opts = _options(broadcast_from_rank0=True)
+    set_model_state_dict(model, weights, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim, options=opts)

@@ -1,0 +1,244 @@
+"""torchrun + FSDP2 on CPU (gloo): two processes take the single-process update, and train end to end.
+
+The update test builds a fixed batch of rollouts (varied lengths, advantages, ages and
+stored log-probs), splits it unevenly over two ranks with a small token budget (so the
+ranks have different micro-batch counts and one runs idle passes), and checks that the
+loss, the gradient norm and every parameter's change equal the single-process update of
+the whole batch. SGD, not Adam, so a gradient off by a factor (say, averaged over ranks
+instead of summed) shows in the parameters.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
+    "token_mean_clip_kl": (dict(agg="token_mean", grad_clip=0.05, kl_coef=0.1), (6, 4)),
+    # Rank 0's two rollouts have advantage 0: it skips both and runs idle passes only.
+    "seq_mean_token_sum": (dict(agg="seq_mean_token_sum", grad_clip=0.0, kl_coef=0.0), (2, 8)),
+}
+NUM_FRESH = 6
+BUDGET = 24  # tokens per micro-batch: small, so micro-batch counts differ between the ranks
+
+
+def tiny_model(kl: bool):
+    from replaygrpo.config import Config
+    from replaygrpo.toymodel import build_model
+
+    cfg = Config()
+    cfg.model.hidden_size, cfg.model.num_layers, cfg.model.intermediate_size = 32, 2, 64
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=50, eos_id=0)
+    ref = None
+    if kl:
+        ref = build_model(cfg, vocab_size=50, eos_id=0).requires_grad_(False)  # another init: KL != 0
+    return model, ref
+
+
+def fixed_batch():
+    """10 rollouts: 6 fresh then 4 replayed (ages 1-2, stored log-probs that make ratios != 1)."""
+    from replaygrpo.rollout.types import Rollout
+
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(10):
+        p, c = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        out.append(Rollout(
+            prompt_ids=torch.randint(1, 50, (p,), generator=g, dtype=torch.int32),
+            completion_ids=torch.randint(1, 50, (c,), generator=g, dtype=torch.int32),
+            old_logprobs=-4.0 + 0.5 * torch.randn(c, generator=g), reward=float(i % 2),
+            advantage=float(torch.randn(1, generator=g)) if i >= 2 else 0.0, birth_step=0, prompt_id=i, group_id=i // 2))
+    ages = [0] * NUM_FRESH + [1, 2, 1, 2]
+    return out, ages
+
+
+def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
+    from replaygrpo.update import update_step
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return update_step(
+        model, opt, rollouts, ages, num_fresh, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
+        agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=BUDGET, grad_clip=kw["grad_clip"],
+        ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, **extra)
+
+
+def worker(out_dir: Path) -> None:
+    """Run under torchrun: each rank updates on its share of the batch; rank 0 saves the result."""
+    from torch.distributed.tensor import DTensor
+
+    from replaygrpo import distributed
+    from replaygrpo.rollout.hf import HFEngine
+    from replaygrpo.rollout.types import SamplingParams
+
+    distributed.init(torch.device("cpu"))
+    rank = distributed.rank()
+    # Generation: ranks generate different numbers of tokens, first before any sharded
+    # forward (FSDP's lazy init) and again after a training step. Under full_params the
+    # parameters stay whole (plain tensors, not DTensor shards) through every token's
+    # forward, so no forward all-gathers; they are sharded again afterwards.
+    model, _ = tiny_model(kl=False)
+    distributed.shard(model, torch.device("cpu"))
+    generated, whole = [], []
+    for again in (False, True):
+        if again:
+            run_update(model, None, *fixed_batch(), NUM_FRESH, CASES["seq_mean_token_sum"][0])
+        with distributed.full_params(model):
+            # The trainer's sampling loop; no stop token, so rank r makes 2 + 9r forwards.
+            engine = HFEngine(model, eos_token_id=-1, pad_token_id=0)
+            n = 2 + 9 * rank
+            out = engine.generate([[1, 2, 3]], SamplingParams(n=2, temperature=1.0, max_new_tokens=n, seed=rank))
+            whole.append(not any(isinstance(p, DTensor) for p in model.parameters()))
+        whole.append(all(isinstance(p, DTensor) for p in model.parameters()))
+        generated.append(out[0][0].token_ids.numel())
+    generated = distributed.gather((generated, whole))
+    rollouts, ages = fixed_batch()
+    for name, (kw, shares) in CASES.items():
+        model, ref = tiny_model(kl=kw["kl_coef"] > 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        distributed.shard(model, torch.device("cpu"))
+        if ref is not None:
+            distributed.shard(ref, torch.device("cpu"))
+        # Rank r takes a contiguous slice: its fresh rollouts come first (update_step's contract).
+        mine = range(sum(shares[:rank]), sum(shares[:rank + 1]))
+        rs, ag = [rollouts[i] for i in mine], [ages[i] for i in mine]
+        mine_fresh = sum(i < NUM_FRESH for i in mine)
+        result = run_update(model, ref, rs, ag, mine_fresh, kw)
+        loss = sum(distributed.gather(result.loss))
+        idle = distributed.gather(result.idle_passes)
+        after = distributed.full_model_state(model)
+        if rank == 0:
+            delta = {k: after[k] - before[k] for k in before}
+            torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle,
+                        "generated": generated},
+                       out_dir / f"{name}.pt")
+    distributed.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_take_the_single_process_update(tmp_path):
+    out = torchrun(__file__, str(tmp_path))
+    assert out.returncode == 0, out.stderr[-4000:]
+    rollouts, ages = fixed_batch()
+    for name, (kw, _) in CASES.items():
+        model, ref = tiny_model(kl=kw["kl_coef"] > 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        single = run_update(model, ref, rollouts, ages, NUM_FRESH, kw)
+        dist = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert dist["loss"] == pytest.approx(single.loss, rel=1e-5), name
+        assert dist["grad_norm"] == pytest.approx(single.grad_norm, rel=1e-5), name
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(dist["delta"][k], v - before[k], rtol=1e-4, atol=1e-7, msg=f"{name}: {k}")
+        assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
+    # Rank 0 held only zero-advantage rollouts: it ran idle passes only, matching rank 1's count.
+    assert torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["idle"][0] > 0
+    generated = torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["generated"]
+    assert generated == [([2, 2], [True] * 4), ([11, 11], [True] * 4)]
+
+
+def train_args(run_dir: Path, *extra: str) -> list[str]:
+    from tests.conftest import toy_overrides
+
+    overrides = [o for o in toy_overrides() if not o.startswith(("trainer.steps=", "trainer.eval_size="))]
+    return ["-m", "replaygrpo", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.steps=3",
+            "trainer.eval_size=33",  # not a multiple of 2: the eval's padding is dropped again
+            "method=replay", "replay.tau_max=1", "checkpoint.every=1", *extra]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    out = torchrun(*train_args(full))
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = metrics(full)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # global figures: 4 prompts x 4 completions over both ranks
+        assert r["batch/n_fresh"] == 16 and r["replay/age_max"] <= 1
+        assert sum(r["replay/age_hist"]) == r["batch/n_fresh"] + r["batch/n_replay"]
+        assert r["batch/n_replay"] <= r["batch/n_fresh"]
+        assert r["loss/ratio_mean_by_age"][0] == pytest.approx(1.0, abs=1e-6)  # fresh: the weights that made them
+    assert rows[0]["batch/n_replay"] == 0 and any(r["batch/n_replay"] > 0 for r in rows[1:])
+    assert rows[-1]["rollouts/generated"] == 48
+    assert (full / "final_model" / "model.safetensors").is_file() and (full / "summary.json").is_file()
+    summary = json.loads((full / "summary.json").read_text())
+    for acc in (summary["start_accuracy"], summary["final_accuracy"]):
+        assert acc * 33 == pytest.approx(round(acc * 33), abs=1e-9)  # of the 33 problems, not 34
+    ckpt = full / "checkpoints" / "step-00000001"
+    assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors", "model.safetensors"} <= {
+        p.name for p in ckpt.iterdir()}
+
+    # Resume from step 1 under the same world size: the same metrics and final weights.
+    shutil.copytree(full, resumed)
+    for p in ("checkpoints/step-00000002", "final_model", "summary.json"):
+        shutil.rmtree(resumed / p) if (resumed / p).is_dir() else (resumed / p).unlink()
+    out = torchrun(*train_args(resumed, "resume=auto"))
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert metrics(resumed) == rows
+    a = load_file(full / "final_model" / "model.safetensors")
+    b = load_file(resumed / "final_model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # One process cannot take over two ranks' buffers: a clear error, no traceback.
+    from typer.testing import CliRunner
+
+    from replaygrpo.cli import app
+
+    out = CliRunner().invoke(app, ["train", *train_args(resumed, "resume=auto")[3:]])
+    assert out.exit_code == 2 and "2 process(es)" in out.output and "Traceback" not in out.output, out.output
+
+
+def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
+    from replaygrpo.config import Config, ConfigError, validate
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    cfg = Config()
+    cfg.trainer.prompts_per_step = 4
+    with pytest.raises(ConfigError, match="trainer.prompts_per_step"):
+        validate(cfg)
+    cfg.trainer.prompts_per_step = 6
+    validate(cfg)
+    cfg.engine.name = "vllm"
+    with pytest.raises(ConfigError, match="engine.name"):
+        validate(cfg)
+
+
+def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():
+    from replaygrpo.distributed import same_micro_batch_count
+
+    lengths = [3, 5, 9]
+    plan = same_micro_batch_count([[0, 1, 2]], lengths, 2)
+    assert plan == [[0], [1, 2]]  # the largest micro-batch split, within the budget it came with
+    plan = same_micro_batch_count([[0, 1], [2]], lengths, 5)
+    assert sorted(i for mb in plan for i in mb) == [0, 1, 2] and len(plan) == 5
+    assert sum(1 for mb in plan if not mb) == 2  # three rollouts: two idle passes
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
