@@ -132,13 +132,10 @@ def full_params(model: nn.Module) -> Iterator[None]:
     """Hold the full (unsharded) parameters on every rank while generating.
 
     A sharded forward all-gathers each layer's parameters, a collective every rank must
-    join, and generation lengths differ across ranks. HF `generate` on an FSDP module
-    avoids the deadlock by itself (`synced_gpus`: every rank keeps stepping, with one
-    all-reduce per token, until all are done, so every rank must make the same generate
-    calls), but each token's forward would then all-gather the whole model. Unsharding
-    once (FSDP2's `unshard`) and not resharding after each forward makes every token's
-    forward local; it costs one full copy of the weights per rank for the duration, as a
-    replica would. Re-sharded on exit.
+    join, and generation lengths differ across ranks. Unsharding once (FSDP2's `unshard`)
+    and not resharding after each forward makes every token's forward local, so each rank
+    samples at its own pace; it costs one full copy of the weights per rank for the
+    duration, as a replica would. Re-sharded on exit.
     """
     from torch.distributed.fsdp import FSDPModule
 

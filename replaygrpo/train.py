@@ -101,8 +101,7 @@ def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: Gr
     """Greedy accuracy and mean response tokens on the toy test split.
 
     Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
-    dropped afterwards): HF generate on an FSDP module syncs every token across ranks, so
-    every rank must make the same generate calls.
+    dropped afterwards) and the results are gathered.
     """
     n = len(prompts)
     pad = -n % distributed.world_size()
@@ -242,8 +241,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             # 1. Draw B prompts and sample G completions each with the current policy. Every
             # rank draws the same B (same sampler seed) and generates for its contiguous share:
             # groups stay whole on one rank, so the advantages below are local. FSDP2 holds the
-            # full weights during generation (see distributed.full_params); equal shares mean
-            # equal generate calls, which HF generate's per-token sync across ranks needs.
+            # full weights during generation (see distributed.full_params).
             all_idx = sampler.next(t_cfg.prompts_per_step)
             idx = distributed.my_share(all_idx)
             with distributed.full_params(model):
