@@ -4,7 +4,8 @@ Buffer: 100,000 rollouts of 1,000 completion tokens (+ a 64-token prompt shared 
 each group of 8), tau_max chosen so the buffer stays at ~100k in steady state.
 Prints the median ms per step (and per phase), bytes per stored completion token,
 the core count and the load average: on a shared machine the timings move with the
-load, so read them together.
+load, so read them together. The last step's sampled rollouts are then checked to
+hold exactly the prompt, tokens and log-probs they were added with.
 
     .venv/bin/python scripts/bench_buffer.py [--steps 20] [--unit rollout] [--threads 1]
 """
@@ -39,6 +40,15 @@ def make_step(step: int, ids: torch.Tensor, logp: torch.Tensor, prompts: torch.T
         )
         for i, a in enumerate(adv)
     ]
+
+
+def check_exact(out: list[Rollout], ids: torch.Tensor, logp: torch.Tensor, prompts: torch.Tensor) -> None:
+    """Each rollout holds its group's prompt and, bit for bit, one of its group's rows."""
+    for r in out:
+        assert torch.equal(r.prompt_ids, prompts[r.prompt_id])
+        rows = range(r.prompt_id * GROUP, (r.prompt_id + 1) * GROUP)
+        row = next(j for j in rows if torch.equal(r.completion_ids, ids[j]))
+        assert torch.equal(r.old_logprobs.view(torch.int32), logp[row].view(torch.int32))
 
 
 def main() -> None:
@@ -79,6 +89,7 @@ def main() -> None:
             phases[name].append(1000 * dt)
         cpu.append(1000 * (c3 - c0))  # this thread's CPU time: what the load cannot inflate
         assert len(out) == 512 and all(0 < s - r.birth_step <= buf.tau_max for r in out)
+    check_exact(out, ids, logp, prompts)  # after the loop, so it warms no cache for the timed part
     ms = phases["step"]
     print(f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, unit: {args.unit}, "
           f"load average: {os.getloadavg()[0]:.1f}")

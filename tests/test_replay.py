@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 import torch
+from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load, load_file, save, save_file
@@ -144,6 +145,47 @@ def test_storage_is_compact_and_views_survive_repacking() -> None:
         _check_contents(r)
 
 
+def test_handed_out_rollouts_never_change() -> None:
+    """What `sample` returns are views of the store: no later add, evict, repack or
+    compaction may change them, and they hold exactly the tokens and log-probs given to
+    `add`, bit for bit, even though the caller refills the same batch tensors every step."""
+    gen = torch.Generator().manual_seed(0)
+    buf = ReplayBuffer(tau_max=3, alpha=1.0, max_reuse=1)
+    ids = torch.zeros(16, 40, dtype=torch.int32)  # an engine's batch tensors, reused
+    logp = torch.zeros(16, 40)
+    prompts = torch.zeros(4, 6, dtype=torch.int32)
+    added: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # uid -> copies of what was added
+    held: list[tuple[int, Rollout]] = []  # (step drawn, rollout)
+    calls = {"_repack": 0, "_compact": 0}
+    store = buf._store
+    for name in calls:  # count the rebuilds this test must go through
+        def spy(*a: object, _f: Callable[..., None] = getattr(store, name), _n: str = name) -> None:
+            calls[_n] += 1
+            _f(*a)
+        setattr(store, name, spy)
+    for step in range(40):
+        ids.random_(0, 2**31 - 1, generator=gen)
+        logp.normal_(generator=gen)
+        prompts.random_(0, 1000, generator=gen)
+        batch = []
+        for i in range(16):
+            uid, n = 16 * step + i, 1 + (7 * step + 3 * i) % 40
+            adv = float(torch.randn(1, generator=gen))
+            batch.append(Rollout(prompt_ids=prompts[i // 4], completion_ids=ids[i, :n], old_logprobs=logp[i, :n],
+                                 reward=float(adv > 0), advantage=adv, birth_step=step, prompt_id=uid,
+                                 group_id=4 * step + i // 4))
+            added[uid] = (prompts[i // 4].clone(), ids[i, :n].clone(), logp[i, :n].clone())
+        buf.evict(step)  # the loop's order: evict, sample, train, then add
+        held += [(step, r) for r in buf.sample(10, step, gen)]
+        buf.add(batch)
+        for drawn, r in held:  # every rollout handed out so far, this step's included
+            p, c, lp = added[r.prompt_id]
+            assert torch.equal(r.prompt_ids, p) and torch.equal(r.completion_ids, c)
+            assert torch.equal(r.old_logprobs.view(torch.int32), lp.view(torch.int32))  # bit for bit
+            assert r.birth_step < drawn
+    assert calls["_repack"] > 0 and calls["_compact"] > 0 and len(held) > 300, (calls, len(held))
+
+
 def test_invalid_input() -> None:
     mk, buf = Maker(), ReplayBuffer(tau_max=None)
     bad = mk.group(0, [1.0, 1.0])
@@ -161,10 +203,17 @@ def test_invalid_input() -> None:
         buf.add([replace(r, old_logprobs=torch.zeros(99))])
     with pytest.raises(ValueError):
         ReplayBuffer(tau_max=-1)
-    # Equal prompts in distinct tensors are fine (and stored once).
+    with pytest.raises(ValueError, match="empty"):
+        buf.add([replace(r, prompt_ids=r.prompt_ids[:0])])
+    # Equal prompts in distinct tensors are fine (and stored once), and so are distinct
+    # views of one row of a prompt batch.
     ok = mk.group(0, [1.0, 1.0])
     ok[1] = replace(ok[1], prompt_ids=ok[1].prompt_ids.clone())
     assert buf.add(ok) == 2
+    rows = torch.arange(12, dtype=torch.int32).view(3, 4)
+    assert buf.add([replace(r, prompt_ids=rows[1], group_id=99) for r in mk.group(0, [1.0, -1.0, 2.0])]) == 3
+    out = [r for r in buf.sample(10, 1, torch.Generator()) if r.group_id == 99]
+    assert len(out) == 3 and all(r.prompt_ids.tolist() == [4, 5, 6, 7] for r in out)
 
 
 # ---------------------------------------------------------------- model-based property test
@@ -285,6 +334,23 @@ def test_draw_returns_k_distinct_indices(log_w: list[float], data: st.DataObject
     k = data.draw(st.integers(0, len(log_w)))
     d = _draw(torch.tensor(log_w, dtype=torch.float64), k, torch.Generator().manual_seed(k))
     assert len(d) == k and len(set(d.tolist())) == k and all(0 <= i < len(log_w) for i in d.tolist())
+
+
+@settings(max_examples=80, deadline=None)
+@given(log_w=st.lists(st.floats(-30, 30), min_size=1, max_size=60), data=st.data())
+def test_draw_ignores_masked_entries(log_w: list[float], data: st.DataObject) -> None:
+    """-inf entries are never drawn and change nothing: the same draw, and the same
+    generator state after it, as with those entries removed (what `sample` relies on
+    to draw over every slot yet match a compacted, reloaded buffer)."""
+    w = torch.tensor(log_w, dtype=torch.float64)
+    keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=len(log_w), max_size=len(log_w))))
+    k = data.draw(st.integers(0, int(keep.sum())))
+    g_full, g_skip, g_kept = (torch.Generator().manual_seed(k) for _ in range(3))
+    kept = keep.nonzero().squeeze(1)[_draw(w[keep], k, g_kept)]
+    for full in (_draw(w.masked_fill(~keep, -math.inf), k, g_full), _draw(w, k, g_skip, skip=~keep)):
+        assert full.tolist() == kept.tolist()
+    assert torch.equal(g_full.get_state(), g_kept.get_state())
+    assert torch.equal(g_skip.get_state(), g_kept.get_state())
 
 
 @settings(max_examples=40, deadline=None)

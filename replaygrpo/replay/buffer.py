@@ -15,7 +15,8 @@ Choices the paper leaves open, made here:
   reuse < max_reuse), so a caller who forgot `evict` still never trains on stale data.
 - Returned `Rollout.reuse` is the count *after* this draw (this replay included).
 - Returned tensors are views of the buffer's immutable storage: do not modify them
-  in place (the loss never does; padding into a batch copies).
+  in place (the loss never does; padding into a batch copies). Later adds, evictions
+  and compactions never change them. Rollouts of one group share one prompt tensor.
 - Group unit (`unit="group"`, and the naive buffer): groups are drawn without
   replacement and taken whole; the last group is truncated (members drawn by the
   same priority) so exactly min(n, eligible) rollouts come back. Replay ratios then
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from operator import attrgetter
 from typing import Any, Literal, Self, Sequence
 
 import torch
@@ -34,6 +36,8 @@ from torch import Tensor
 
 from replaygrpo.replay.storage import RolloutStore, segment_ids
 from replaygrpo.rollout.types import Rollout
+
+_advantage = attrgetter("advantage")
 
 
 def _gumbel_topk(log_w: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -45,26 +49,47 @@ def _gumbel_topk(log_w: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.topk(keys, k).indices
 
 
-def _draw(log_w: Tensor, k: int, generator: torch.Generator) -> Tensor:
+def _draw(
+    log_w: Tensor, k: int, generator: torch.Generator, skip: Tensor | None = None, w: Tensor | None = None
+) -> Tensor:
     """Indices of k draws without replacement, P ∝ exp(log_w), in draw order.
 
+    skip: (len(log_w),) bool, entries never drawn (default: those at -inf); at least
+    k must be left. They change nothing else: the draw and the generator state after
+    it are those without them, so a buffer can skip its ineligible slots rather than
+    gather the eligible ones, and draw what a compacted (reloaded) copy draws.
+    w: exp(log_w - c) for a constant c, 0 where skipped, if the caller has it.
+
     Same distribution as `_gumbel_topk` (successive sampling), cheaper when k is
-    small against len(log_w): draw with replacement from the CDF and keep first
-    occurrences. A repeat is a rejection, and "draw ∝ w, reject the taken ones" is
-    exactly "draw ∝ w among the rest". Falls back to Gumbel-top-k on what is left
-    when repeats pile up (a few heavy weights, or k near len(log_w)).
+    small against the number left: draw with replacement from the CDF and keep
+    first occurrences. A repeat is a rejection, and "draw ∝ w, reject the taken
+    ones" is exactly "draw ∝ w among the rest". Falls back to Gumbel-top-k on what
+    is left when repeats pile up (a few heavy weights, or k near the number left).
     """
-    m = log_w.numel()
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    keep = log_w > -math.inf if skip is None else ~skip
+    m = int(keep.sum())
     if 2 * k > m:
-        return _gumbel_topk(log_w, k, generator)
-    cdf = torch.cumsum((log_w - log_w.max()).exp(), 0)
-    taken = torch.zeros(m, dtype=torch.bool)
+        if m == log_w.numel():
+            return _gumbel_topk(log_w, k, generator)
+        idx = keep.nonzero().squeeze(1)
+        return idx[_gumbel_topk(log_w[idx], k, generator)]
+    # Skipped entries weigh exactly 0, and adding 0 leaves a sum unchanged, so the CDF
+    # takes the same values at the kept entries as without the skipped ones.
+    cdf = torch.cumsum(w, 0) if w is not None else None
+    if cdf is None or not float(cdf[-1]) > 1e-200:  # none given, or c so large that w underflows
+        top = log_w.masked_fill(~keep, -math.inf).max()
+        cdf = torch.cumsum((log_w - top).exp().masked_fill_(~keep, 0.0), 0)
+    total = cdf[-1:]
+    last = int(torch.searchsorted(cdf, total))  # the last entry that adds mass
+    taken = torch.zeros(log_w.numel(), dtype=torch.bool)
     out: list[Tensor] = []
     got = 0
     for _ in range(4):
         need = k - got
         u = torch.rand(need + need // 4 + 8, dtype=torch.float64, generator=generator)
-        cand = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=m - 1)
+        cand = torch.searchsorted(cdf, u * total, right=True).clamp_(max=last)
         # Keep the first occurrence of each candidate not taken in earlier rounds.
         uniq, inv = torch.unique(cand, return_inverse=True)
         pos = torch.arange(cand.numel())
@@ -75,7 +100,10 @@ def _draw(log_w: Tensor, k: int, generator: torch.Generator) -> Tensor:
         got += new.numel()
         if got == k:
             return torch.cat(out)
-    out.append(_gumbel_topk(log_w.masked_fill(taken, -math.inf), k - got, generator))
+    # Gumbel-top-k over the kept entries (taken ones masked), as without the skipped ones.
+    idx = keep.nonzero().squeeze(1)
+    rest = log_w[idx].masked_fill(taken[idx], -math.inf)
+    out.append(idx[_gumbel_topk(rest, k - got, generator)])
     return torch.cat(out)
 
 
@@ -122,8 +150,8 @@ class BaseReplayBuffer(ABC):
 
     kind: str
 
-    def __init__(self) -> None:
-        self._store = RolloutStore()
+    def __init__(self, extra_columns: dict[str, torch.dtype] | None = None) -> None:
+        self._store = RolloutStore(extra_columns)
 
     @abstractmethod
     def add(self, rollouts: Sequence[Rollout]) -> int:
@@ -138,12 +166,16 @@ class BaseReplayBuffer(ABC):
         """Up to n distinct rollouts born before `step`; each one's reuse count += 1."""
 
     @abstractmethod
+    def _eligible_mask(self, step: int) -> Tensor:
+        """(num_slots,) bool: the slots that `sample` may draw from at `step`."""
+
     def _eligible(self, step: int) -> Tensor:
         """Slots that `sample` may draw from at `step`, in insertion order."""
+        return self._eligible_mask(step).nonzero().squeeze(1)
 
     def num_eligible(self, step: int) -> int:
         """How many stored rollouts `sample` may return at `step`."""
-        return int(self._eligible(step).numel())
+        return int(self._eligible_mask(step).sum())
 
     def __len__(self) -> int:
         return len(self._store)
@@ -155,7 +187,11 @@ class BaseReplayBuffer(ABC):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of tensor storage held (token chunks and per-rollout columns)."""
+        """Bytes of tensor storage held (token chunks and per-rollout columns).
+
+        Not counted: Python objects, mainly one cached prompt view per stored group
+        (~0.6 KB each, ~0.08 byte per token at 8 rollouts of 1,000 tokens a group).
+        """
         return self._store.nbytes
 
     def ages(self, step: int) -> Tensor:
@@ -213,7 +249,12 @@ class ReplayBuffer(BaseReplayBuffer):
         max_reuse: int | None = None,
         unit: Literal["rollout", "group"] = "rollout",
     ) -> None:
-        super().__init__()
+        # Per slot: log_w = alpha * log(|A| + floor) (-inf once evicted), and the CDF
+        # weights of `_draw`, w = exp(log_w - w_top), w_top the largest log_w stored:
+        # redone over the buffer only when w_top changes, not at every draw. w_top
+        # depends on live rollouts only, so a reloaded copy computes the same w.
+        super().__init__(extra_columns={"log_w": torch.float64, "w": torch.float64})
+        self._w_top: float | None = None  # None: w not computed yet
         if tau_max is not None and tau_max < 0:
             raise ValueError(f"tau_max must be >= 0 or None, got {tau_max}")
         if alpha < 0 or floor < 0:
@@ -236,48 +277,77 @@ class ReplayBuffer(BaseReplayBuffer):
 
     def add(self, rollouts: Sequence[Rollout]) -> int:
         """Store every rollout with A != 0 (A = 0 carries no gradient)."""
-        keep = [r for r in rollouts if r.advantage != 0.0]
-        if not all(math.isfinite(r.advantage) for r in keep):
+        adv = list(map(_advantage, rollouts))
+        if not all(map(math.isfinite, adv)):
             raise ValueError("advantages must be finite")
-        self._store.append(keep)
+        keep = [r for r, a in zip(rollouts, adv) if a != 0.0]
+        start = self._store.append(keep)
+        self._set_log_w(start)
         return len(keep)
 
-    def _too_old(self, step: int) -> Tensor:
-        birth = self._store.col("birth")
-        if self.tau_max is None:
-            return torch.zeros_like(birth, dtype=torch.bool)
-        return step - birth > self.tau_max
+    def _set_log_w(self, start: int) -> None:
+        """Fill log_w (and w) of slots start.. from their advantages."""
+        adv = self._store.col("advantage")[start:]
+        log_w = self.alpha * (adv.abs() + self.floor).log()
+        self._store.col("log_w")[start:] = log_w
+        if self._w_top is not None:
+            self._store.col("w")[start:] = (log_w - self._w_top).exp()
 
-    def _used_up(self) -> Tensor:
-        reuse = self._store.col("reuse")
-        if self.max_reuse is None:
-            return torch.zeros_like(reuse, dtype=torch.bool)
-        return reuse >= self.max_reuse
+    def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        self._w_top = None
+        self._set_log_w(0)
+
+    def _weights(self, off: Tensor) -> Tensor:
+        """exp(log_w - w_top) per slot, 0 at the slots `off`."""
+        log_w = self._store.col("log_w")
+        top = float(log_w.max())
+        if top != self._w_top:
+            self._w_top = top
+            self._store.col("w").copy_((log_w - top).exp())
+        return self._store.col("w").masked_fill(off, 0.0)
+
+    def _dead(self, step: int) -> Tensor | None:
+        """(num_slots,) bool: too old at `step` (age > tau_max) or used up; None if neither can happen."""
+        dead = None
+        if self.tau_max is not None:
+            dead = self._store.col("birth") < step - self.tau_max  # age = step - birth > tau_max
+        if self.max_reuse is not None:
+            used_up = self._store.col("reuse") >= self.max_reuse
+            dead = used_up if dead is None else dead | used_up
+        return dead
 
     def evict(self, step: int) -> int:
         """Drop rollouts older than tau_max at `step` and those that reached max_reuse."""
-        dead = self._store.col("alive") & (self._too_old(step) | self._used_up())
-        return self._store.kill(dead.nonzero().squeeze(1))
+        dead = self._dead(step)
+        if dead is None:
+            return 0
+        self._store.col("log_w").masked_fill_(dead, -math.inf)  # out of w_top (see __init__)
+        return self._store.kill(dead)
 
-    def _eligible(self, step: int) -> Tensor:
+    def _eligible_mask(self, step: int) -> Tensor:
         ok = self._store.col("alive") & (self._store.col("birth") < step)
-        ok &= ~self._too_old(step) & ~self._used_up()
-        return ok.nonzero().squeeze(1)
+        dead = self._dead(step)
+        if dead is not None:
+            ok &= ~dead
+        return ok
 
     def sample(self, n: int, step: int, generator: torch.Generator) -> list[Rollout]:
         """min(n, eligible) distinct rollouts, P ∝ (|A| + floor)^alpha, in draw order."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        slots = self._eligible(step)
-        k = min(n, int(slots.numel()))
+        ok = self._eligible_mask(step)
+        k = min(n, int(ok.sum()))
         if k == 0:
             return []
-        adv = self._store.col("advantage")[slots]
-        log_w = self.alpha * (adv.abs() + self.floor).log()
+        log_w = self._store.col("log_w")
         if self.unit == "rollout":
-            picked = slots[_draw(log_w, k, generator)]
+            # Over every slot, skipping the ineligible: the same draw as over the
+            # eligible ones only (see _draw), without gathering them.
+            off = ~ok
+            picked = _draw(log_w, k, generator, skip=off, w=self._weights(off))
         else:
-            picked = _draw_groups(slots, self._store.col("group")[slots], log_w, k, generator)
+            slots = ok.nonzero().squeeze(1)
+            picked = _draw_groups(slots, self._store.col("group")[slots], log_w[slots], k, generator)
         self._store.col("reuse")[picked] += 1
         return self._store.rollouts(picked)
 
@@ -327,8 +397,7 @@ class NaiveReplayBuffer(BaseReplayBuffer):
             total -= size
         if not drop:
             return 0
-        hit = torch.isin(self._store.col("group"), torch.tensor(drop, dtype=torch.int64))
-        return self._store.kill((hit & self._store.col("alive")).nonzero().squeeze(1))
+        return self._store.kill(torch.isin(self._store.col("group"), torch.tensor(drop, dtype=torch.int64)))
 
     def evict(self, step: int) -> int:
         """No age bound: only re-checks capacity, which `add` already enforces."""
@@ -347,9 +416,8 @@ class NaiveReplayBuffer(BaseReplayBuffer):
         self._store.col("reuse")[picked] += 1
         return self._store.rollouts(picked)
 
-    def _eligible(self, step: int) -> Tensor:
-        ok = self._store.col("alive") & (self._store.col("birth") < step)
-        return ok.nonzero().squeeze(1)
+    def _eligible_mask(self, step: int) -> Tensor:
+        return self._store.col("alive") & (self._store.col("birth") < step)
 
     def _extra_state(self) -> dict[str, Tensor]:
         return {

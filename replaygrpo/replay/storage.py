@@ -7,16 +7,34 @@ stored completion token costs 8 bytes. Per-rollout scalars (birth step, advantag
 reuse count, offsets into the chunk, ...) live in column tensors indexed by *slot*,
 so eviction and eligibility are vectorised over the buffer.
 
+Cost. Beyond copying the tokens once, a step at paper scale (scripts/bench_buffer.py:
+add 1,024 rollouts of 1,000 tokens, evict, sample 512 of 100,000) is per-rollout
+Python and per-tensor overhead (~1 us to make a view, ~0.4 us to free it), so:
+- `append` reads each field of each rollout once, converts the scalars with
+  array.array, and copies tokens and log-probs with one `torch.cat` each. A group's
+  prompt is taken from its first rollout; the others are checked with torch.equal,
+  which answers from the metadata when both are views of the same memory.
+- Each group's prompt view is made once, when its chunk is built, and shared by
+  every rollout of that group that `rollouts` hands out.
+- `rollouts` reads every column with one `tolist` and makes the two other views
+  per rollout (completion ids, log-probs) as slices of the chunk: no copy.
+
 Invariants the buffers rely on:
 - Live slots are always in insertion order (dead slots are compacted away with
   the order kept), and a state_dict round trip keeps that order. Samplers draw over
   "live eligible slots in order", so the same generator state gives the same draw.
-- Chunks are never written after they are built; a chunk that is mostly dead is
-  rebuilt into a new tensor. Returned rollouts are therefore views that stay valid.
+- Chunks are never written after they are built: `kill`, `_compact` and `_repack`
+  only write the columns, and a repack copies the live rollouts into new tensors. A
+  returned rollout's tensors are views of a chunk, and a view keeps its chunk's memory
+  alive (torch counts references to storage), so no later add, evict, repack or
+  compaction can change or free what an earlier `sample` handed out.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
+from itertools import starmap
+from operator import attrgetter
 from typing import Any, Sequence
 
 import torch
@@ -41,19 +59,18 @@ COLUMNS: dict[str, torch.dtype] = {
     "p_len": torch.int64,
 }
 
+_ARRAY_CODE = {torch.int64: "q", torch.float64: "d"}  # array.array type codes
 
-# Column order `RolloutStore.rollouts` unpacks.
-_ROLLOUT_COLUMNS = (
-    "chunk", "c_off", "c_len", "p_off", "p_len",
-    "reward", "advantage", "birth", "prompt_id", "group", "reuse",
-)
+# Integer columns `RolloutStore.rollouts` reads (with one tolist), in unpacking order.
+_INT_COLUMNS = ("chunk", "c_off", "c_len", "p_off", "birth", "prompt_id", "group", "reuse")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Chunk:
     ids: Tensor  # (T,) int32, completions of the chunk's rollouts, concatenated
     logp: Tensor  # (T,) float32, behaviour log-probs aligned with ids
     prompts: Tensor  # (Q,) int32, one prompt per group, concatenated
+    prompt_views: dict[int, Tensor]  # p_off -> prompts[p_off : p_off + p_len], one per group
     live: int = 0  # live rollouts pointing into this chunk
     live_tokens: int = 0  # their completion tokens
 
@@ -75,61 +92,76 @@ def segment_ids(lengths: Tensor) -> Tensor:
     return torch.cumsum(marks, 0)
 
 
-def _check_shared_prompts(rollouts: Sequence[Rollout], src: Tensor) -> None:
-    """Raise unless rollout i has the same prompt as rollout src[i] (vectorised)."""
-    # A shared group id promises a shared prompt; check it rather than silently
-    # train a rollout on another rollout's prompt.
-    p_len = torch.tensor([r.prompt_ids.numel() for r in rollouts], dtype=torch.int64)
-    same = torch.equal(p_len, p_len[src])
-    if same:  # then compare token by token, each against its group's first prompt
-        p_all = torch.cat([r.prompt_ids for r in rollouts])
-        p_start = torch.cumsum(p_len, 0) - p_len
-        owner = segment_ids(p_len)
-        shifted = torch.arange(p_all.numel()) - p_start[owner] + p_start[src[owner]]
-        same = torch.equal(p_all, p_all[shifted])
-    if not same:
-        raise ValueError("rollouts with the same group_id must have the same prompt_ids")
+def _column(values: Sequence[Any], dtype: torch.dtype) -> Tensor:
+    """(len(values),) tensor of Python numbers, ~3x faster than torch.tensor(values)."""
+    if not values:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(array(_ARRAY_CODE[dtype], values), dtype=dtype)
 
 
-def _pack(rollouts: Sequence[Rollout]) -> tuple[_Chunk, dict[str, Tensor]]:
-    """Concatenate rollouts into one chunk; return it and their offset columns."""
-    c_len = torch.tensor([r.completion_ids.numel() for r in rollouts], dtype=torch.int64)
-    l_len = torch.tensor([r.old_logprobs.numel() for r in rollouts], dtype=torch.int64)
-    if not torch.equal(c_len, l_len):
+def _prompt_views(prompts: Tensor, offsets: Sequence[int], lengths: Sequence[int]) -> dict[int, Tensor]:
+    """p_off -> view of that group's prompt in `prompts`.
+
+    Keyed by offset alone, which is unique because prompts are never empty.
+    """
+    return {o: prompts[o : o + n] for o, n in zip(offsets, lengths)}
+
+
+def _pack(
+    prompts: Sequence[Tensor], comps: Sequence[Tensor], logps: Sequence[Tensor], groups: Sequence[int]
+) -> tuple[_Chunk, dict[str, Tensor]]:
+    """Concatenate rollouts (given field by field) into one chunk; return it and their offset columns."""
+    c_len = list(map(Tensor.numel, comps))
+    if c_len != list(map(Tensor.numel, logps)):
         raise ValueError("each rollout needs one old log-prob per completion token")
-    # torch.cat copies, so the chunk owns compact storage even when the caller's
-    # tensors are row views of a padded batch.
-    ids = torch.cat([r.completion_ids for r in rollouts]).to(torch.int32)
-    logp = torch.cat([r.old_logprobs for r in rollouts]).to(torch.float32)
-
     # Prompt dedup: a group's prompt is stored once, taken from its first rollout.
     first: dict[int, int] = {}  # group_id -> index of its first rollout here
-    src = [first.setdefault(r.group_id, i) for i, r in enumerate(rollouts)]
-    if any(r.prompt_ids is not rollouts[j].prompt_ids for r, j in zip(rollouts, src)):
-        _check_shared_prompts(rollouts, torch.tensor(src))
-    heads = [rollouts[j].prompt_ids for j in first.values()]
-    prompts = torch.cat(heads).to(torch.int32)
-    head_len = torch.tensor([t.numel() for t in heads], dtype=torch.int64)
-    head_index = {j: g for g, j in enumerate(first.values())}
-    group = torch.tensor([head_index[j] for j in src], dtype=torch.int64)
+    src = [first.setdefault(g, i) for i, g in enumerate(groups)]
+    # A shared group id promises a shared prompt; check it rather than silently train
+    # a rollout on another rollout's prompt. torch.equal answers without reading the
+    # tokens when both are views of the same memory (rows of one prompt batch).
+    pairs = [(p, prompts[j]) for p, j in zip(prompts, src) if p is not prompts[j]]
+    if not all(starmap(torch.equal, pairs)):
+        raise ValueError("rollouts with the same group_id must have the same prompt_ids")
+    # torch.cat copies, so the chunk owns compact storage even when the caller's
+    # tensors are row views of a padded batch.
+    ids = torch.cat(comps).to(torch.int32)
+    logp = torch.cat(logps).to(torch.float32)
+    heads = [prompts[j] for j in first.values()]
+    head_len_list = list(map(Tensor.numel, heads))
+    if 0 in head_len_list:  # an empty prompt has no position to score the first token from
+        raise ValueError("prompt_ids must not be empty")
+    flat_prompts = torch.cat(heads).to(torch.int32)
+    head_len = _column(head_len_list, torch.int64)
+    head_off = torch.cumsum(head_len, 0) - head_len
+    # src holds each group's first index, so unique's sorted order is the heads' order.
+    group = torch.unique(_column(src, torch.int64), return_inverse=True)[1]
+    c_len_t = _column(c_len, torch.int64)
     cols = {
-        "c_off": torch.cumsum(c_len, 0) - c_len,
-        "c_len": c_len,
-        "p_off": (torch.cumsum(head_len, 0) - head_len)[group],
+        "c_off": torch.cumsum(c_len_t, 0) - c_len_t,
+        "c_len": c_len_t,
+        "p_off": head_off[group],
         "p_len": head_len[group],
     }
-    chunk = _Chunk(ids, logp, prompts, live=len(rollouts), live_tokens=int(ids.numel()))
+    views = _prompt_views(flat_prompts, head_off.tolist(), head_len.tolist())
+    chunk = _Chunk(ids, logp, flat_prompts, views, live=len(comps), live_tokens=int(ids.numel()))
     return chunk, cols
 
 
 class RolloutStore:
-    """Slots of rollouts in insertion order, packed in chunks (see module docstring)."""
+    """Slots of rollouts in insertion order, packed in chunks (see module docstring).
 
-    def __init__(self) -> None:
+    extra: derived per-slot columns the owner fills after `append` (e.g. a sampling
+    log-weight) and recomputes after `load_state_dict`; compacted with the others,
+    not saved.
+    """
+
+    def __init__(self, extra: dict[str, torch.dtype] | None = None) -> None:
+        self._dtypes = {**COLUMNS, **(extra or {})}
         self._clear()
 
     def _clear(self) -> None:
-        self._cols = {k: torch.empty(0, dtype=d) for k, d in COLUMNS.items()}
+        self._cols = {k: torch.empty(0, dtype=d) for k, d in self._dtypes.items()}
         self._n = 0  # slots in use (live and dead), a prefix of each column
         self._alive = 0
         self._tokens = 0  # completion tokens of live rollouts
@@ -159,38 +191,42 @@ class RolloutStore:
     def live_slots(self) -> Tensor:
         return self.col("alive").nonzero().squeeze(1)
 
-    def append(self, rollouts: Sequence[Rollout]) -> None:
+    def append(self, rollouts: Sequence[Rollout]) -> int:
+        """Store the rollouts in new slots at the end; return the first new slot."""
+        start = self._n
         if not rollouts:
-            return
-        chunk, cols = _pack(rollouts)
+            return start
         k = len(rollouts)
-        cols["birth"] = torch.tensor([r.birth_step for r in rollouts], dtype=torch.int64)
-        cols["group"] = torch.tensor([r.group_id for r in rollouts], dtype=torch.int64)
-        cols["prompt_id"] = torch.tensor([r.prompt_id for r in rollouts], dtype=torch.int64)
-        cols["reward"] = torch.tensor([r.reward for r in rollouts], dtype=torch.float64)
-        cols["advantage"] = torch.tensor([r.advantage for r in rollouts], dtype=torch.float64)
-        cols["reuse"] = torch.tensor([r.reuse for r in rollouts], dtype=torch.int64)
-        cols["alive"] = torch.ones(k, dtype=torch.bool)
-        cols["chunk"] = torch.full((k,), self._next_chunk, dtype=torch.int64)
-        self._reserve(self._n + k)
+        # One list comprehension per field: faster than one pass building tuples.
+        group = [r.group_id for r in rollouts]
+        chunk, cols = _pack([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
+                            [r.old_logprobs for r in rollouts], group)
+        ints = [r.birth_step for r in rollouts] + group + [r.prompt_id for r in rollouts]
+        ints += [r.reuse for r in rollouts]
+        cols["birth"], cols["group"], cols["prompt_id"], cols["reuse"] = _column(ints, torch.int64).view(4, k)
+        floats = [r.reward for r in rollouts] + [r.advantage for r in rollouts]
+        cols["reward"], cols["advantage"] = _column(floats, torch.float64).view(2, k)
+        self._reserve(start + k)
         for name, values in cols.items():
-            self._cols[name][self._n : self._n + k] = values
+            self._cols[name][start : start + k] = values
+        self._cols["alive"][start : start + k] = True
+        self._cols["chunk"][start : start + k] = self._next_chunk
         self._chunks[self._next_chunk] = chunk
         self._next_chunk += 1
         self._n += k
         self._alive += k
         self._tokens += chunk.live_tokens
+        return start
 
-    def kill(self, slots: Tensor) -> int:
-        """Remove the given slots (dead ones are ignored); return how many died."""
+    def kill(self, mask: Tensor) -> int:
+        """Remove the slots where the (num_slots,) bool `mask` is True; return how many were alive."""
         alive = self.col("alive")
-        slots = slots[alive[slots]].unique()
+        slots = (mask & alive).nonzero().squeeze(1)
         if slots.numel() == 0:
             return 0
         alive[slots] = False
         self._alive -= slots.numel()
-        cids, inv = torch.unique(self.col("chunk")[slots], return_inverse=True)
-        counts = torch.bincount(inv, minlength=cids.numel())
+        cids, inv, counts = torch.unique(self.col("chunk")[slots], return_inverse=True, return_counts=True)
         toks = torch.zeros(cids.numel(), dtype=torch.int64).index_add_(0, inv, self.col("c_len")[slots])
         self._tokens -= int(toks.sum())
         for cid, c, t in zip(cids.tolist(), counts.tolist(), toks.tolist()):
@@ -211,21 +247,18 @@ class RolloutStore:
 
     def rollouts(self, slots: Tensor) -> list[Rollout]:
         """Rollouts at `slots`; their tensors are views of immutable chunk storage."""
-        c = [self.col(k)[slots].tolist() for k in _ROLLOUT_COLUMNS]
+        cols = self._cols
+        ints = torch.stack([cols[k].index_select(0, slots) for k in _INT_COLUMNS])
+        ints[2] += ints[1]  # completion end
+        cid, c_start, c_end, p_off, birth, prompt_id, group, reuse = ints.tolist()
+        reward, adv = torch.stack([cols[k].index_select(0, slots) for k in ("reward", "advantage")]).tolist()
         chunks = self._chunks
         return [
-            Rollout(
-                prompt_ids=chunks[ch].prompts[po : po + pl],
-                completion_ids=chunks[ch].ids[co : co + cl],
-                old_logprobs=chunks[ch].logp[co : co + cl],
-                reward=rw,
-                advantage=adv,
-                birth_step=b,
-                prompt_id=pid,
-                group_id=gid,
-                reuse=ru,
-            )
-            for ch, co, cl, po, pl, rw, adv, b, pid, gid, ru in zip(*c)
+            Rollout(prompt_ids=chunks[ch].prompt_views[po], completion_ids=chunks[ch].ids[cs:ce],
+                    old_logprobs=chunks[ch].logp[cs:ce], reward=rw, advantage=a, birth_step=b, prompt_id=pid,
+                    group_id=gid, reuse=ru)
+            for ch, cs, ce, po, b, pid, gid, ru, rw, a in zip(
+                cid, c_start, c_end, p_off, birth, prompt_id, group, reuse, reward, adv)
         ]
 
     def _reserve(self, n: int) -> None:
@@ -246,7 +279,9 @@ class RolloutStore:
 
     def _repack(self, cid: int) -> None:
         slots = ((self.col("chunk") == cid) & self.col("alive")).nonzero().squeeze(1)
-        chunk, cols = _pack(self.rollouts(slots))
+        rs = self.rollouts(slots)
+        chunk, cols = _pack(*(list(map(attrgetter(f), rs)) for f in
+                              ("prompt_ids", "completion_ids", "old_logprobs", "group_id")))
         self._chunks[cid] = chunk
         for name, values in cols.items():
             self._cols[name][slots] = values
@@ -262,6 +297,7 @@ class RolloutStore:
         return tensors, {"chunks": sorted(self._chunks), "next_chunk": self._next_chunk}
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """Restore; extra columns come back zero, for the owner to recompute."""
         self._clear()
         n = int(tensors["slot.birth"].numel())
         self._reserve(n)
@@ -272,10 +308,16 @@ class RolloutStore:
         self._tokens = int(self.col("c_len").sum())
         for cid in meta["chunks"]:
             chunk_slots = self.col("chunk") == cid
+            prompts = tensors[f"chunk.{cid}.prompts"].to(torch.int32)
+            p_off, p_len = torch.unique(
+                torch.stack([self.col("p_off")[chunk_slots], self.col("p_len")[chunk_slots]]), dim=1).tolist()
+            if 0 in p_len:  # append rejects them; a state saved before it did may hold one
+                raise ValueError("buffer state holds a rollout with empty prompt_ids")
             self._chunks[cid] = _Chunk(
                 ids=tensors[f"chunk.{cid}.ids"].to(torch.int32),
                 logp=tensors[f"chunk.{cid}.logp"].to(torch.float32),
-                prompts=tensors[f"chunk.{cid}.prompts"].to(torch.int32),
+                prompts=prompts,
+                prompt_views=_prompt_views(prompts, p_off, p_len),
                 live=int(chunk_slots.sum()),
                 live_tokens=int(self.col("c_len")[chunk_slots].sum()),
             )
