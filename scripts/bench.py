@@ -322,6 +322,19 @@ def bounds(res: dict) -> list[str]:
             f"leaves {fmt_ms(max(budget - fixed, 0))} for the update, which takes {fmt_ms(p['rg_parts']['update'])} "
             f"(TRL's loss forward + backward + optimiser: {fmt_ms(trl_update)}).")
     r = res.get("replay")
+    if r and r["ratio_marginal"] > 1.10:
+        m = r["micro"]
+        lines.append(
+            f"- Replay's cost, in-process marginal ({r['ratio_marginal']:.2f}): the in-process update of the extra "
+            f"rollouts costs {r['update_s_per_token_marginal'] * 1e6:.0f} us per completion token, against "
+            f"{r['update_s_per_token_grpo'] * 1e6:.0f} us per forwarded token in the grpo runs, so the two "
+            "measures disagree by about that factor (the in-process one times one fixed batch, warm and repeated, "
+            f"whose fresh part has {m.get('fresh_zero_adv', 0)} of {m['fresh_rollouts']} rollouts with advantage 0); "
+            "the first row is the one taken from training steps as they run. Replay's own bookkeeping is "
+            f"{m['bookkeeping_s'] * 1000:.2f} ms a step; what replayed rollouts add beyond their completion tokens "
+            f"is their prompts, which are not shared G ways as the fresh ones' are (the replay batch forwards "
+            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the positions of the fresh one for "
+            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x its completion tokens).")
     if r and r["ratio"] > 1.10:
         m = r["micro"]
         lines.append(
@@ -337,9 +350,12 @@ def bounds(res: dict) -> list[str]:
         ph = re.search(r"add ([\d.]+) ms, evict ([\d.]+) ms, sample ([\d.]+) ms", b["stdout"])
         if ph:
             lines.append(
-                f"- Buffer ({b['step_ms']:.2f} ms): add {ph.group(1)} ms (copies 1,024 x 1,000 tokens = 8 MB into "
-                f"the store and checks the shared prompts), evict {ph.group(2)} ms, sample {ph.group(3)} ms (builds "
-                "512 Rollout objects with three tensor views each).")
+                f"- Buffer ({b['step_ms']:.2f} ms): add {ph.group(1)} ms (one copy of 1,024 x 1,000 tokens = 8 MB "
+                "into the store, and reading each rollout's fields in Python), evict "
+                f"{ph.group(2)} ms, sample {ph.group(3)} ms (about 1,000 tensor views for the 512 rollouts it returns, "
+                "freeing the previous step's, and the priority draw; by cProfile, mostly per-view overhead). Under 5 ms needs an interface "
+                "without per-rollout objects: add taking one packed batch, and the update reading the store by "
+                "index instead of through Rollout views.")
     return ["## What bounds the missed targets", "", *lines, ""] if lines else []
 
 
@@ -351,7 +367,8 @@ def main() -> None:
     ap.add_argument("--replay-repeats", type=int, default=3, help="interleaved repeats per method in the replay runs")
     ap.add_argument("--only", default="peer,replay,buffer,memory")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "bench.md"))
-    ap.add_argument("--json", default=None, help="also write every measurement as JSON here")
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench.json"),
+                    help="also write every measurement as JSON here (re-render with --from-json)")
     ap.add_argument("--from-json", default=None, help="re-render --out from a --json of an earlier run; run nothing")
     args = ap.parse_args()
     if args.from_json:

@@ -178,6 +178,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
         return CompletionBatch.build([r.prompt_ids for r in rows], [r.completion_ids for r in rows], 0).positions()
 
     return {"fresh_rollouts": len(fresh), "replayed_rollouts": len(replayed),
+            "fresh_zero_adv": sum(r.advantage == 0 for r in fresh),
             "fresh_tokens": sum(r.num_tokens for r in fresh), "extra_tokens": sum(r.num_tokens for r in replayed),
             "padded_fresh": padded(fresh), "padded_fresh_plus_replay": padded(fresh + replayed),
             "update_fresh_s": med(base), "update_fresh_plus_replay_s": med(both),
@@ -247,7 +248,8 @@ def report(r: dict) -> str:
         f"whole step: {r['ratio_full_step']:.2f})",
         f"marginal update cost of the extra rollouts (in-process, {m['replayed_rollouts']} rollouts, "
         f"{m['extra_tokens']} tokens): {m['extra_update_s'] * 1000:.1f} ms "
-        f"({r['update_s_per_token_marginal'] * 1e6:.1f} us/token) -> ratio {r['ratio_marginal']:.2f}",
+        f"({r['update_s_per_token_marginal'] * 1e6:.1f} us/token) -> ratio {r['ratio_marginal']:.2f}; "
+        f"its fresh batch: {m['fresh_rollouts']} rollouts, {m.get('fresh_zero_adv', 0)} with advantage 0 (skipped)",
         f"  positions forwarded in the update (padding included): {m['padded_fresh']} fresh only, {m['padded_fresh_plus_replay']} "
         f"with replay ({m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x for "
         f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x completion tokens)",
