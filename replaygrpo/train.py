@@ -150,6 +150,82 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def global_metrics(local: dict[str, Any], max_age: int) -> tuple[dict[str, Any], int, bool, int | None]:
+    """This step's metrics over every rank's share, from each rank's per-rollout numbers and counts.
+
+    Returns (metrics, rollouts generated, whether any rank skipped the step, the stop
+    signal any rank received): all ranks stop together. Each rank's loss and KL are
+    already its share of the global mean, so they add up.
+    """
+    ranks = distributed.gather(local)
+    g = {k: torch.cat([r[k] for r in ranks]) for k in ("rewards", "adv", "ages", "lengths", "truncated")}
+    rep_ages = torch.cat([r["ages"][r["n_fresh"]:] for r in ranks])
+    n_age = max(max_age, int(g["ages"].max())) + 1  # the age bound's length for replay, else what occurred
+    clip_by_age, ratio_by_age, tokens_by_age = sum(
+        torch.nn.functional.pad(r["by_age"], (0, n_age - r["by_age"].shape[1])) for r in ranks)
+    forwarded = float(tokens_by_age.sum())  # zero-advantage rollouts skipped by the update are not in it
+    n_tokens = max(forwarded, 1.0)
+    per_age = tokens_by_age.clamp(min=1)
+    skipped = any(r["skipped"] for r in ranks)
+    n_fresh = sum(r["n_fresh"] for r in ranks)
+    metrics = {
+        "reward/mean": float(g["rewards"].mean()),
+        "response/tokens_mean": float(g["lengths"].mean()),
+        "response/truncated_frac": float(g["truncated"].mean()),
+        "batch/n_fresh": n_fresh,
+        "batch/n_replay": len(g["ages"]) - n_fresh,
+        "batch/zero_adv_frac": float((g["adv"] == 0).float().mean()),
+        "batch/rows_skipped": sum(r["rows_skipped"] for r in ranks),
+        "buffer/size": sum(r["buffer"] for r in ranks),
+        "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
+        "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,
+        "replay/age_hist": torch.bincount(g["ages"], minlength=n_age).tolist(),
+        "loss/pg": sum(r["loss"] for r in ranks),
+        "loss/clip_fraction": float(clip_by_age.sum()) / n_tokens,
+        "loss/ratio_mean": float(ratio_by_age.sum()) / n_tokens,
+        "loss/clip_fraction_by_age": (clip_by_age / per_age).tolist(),
+        "loss/ratio_mean_by_age": (ratio_by_age / per_age).tolist(),
+        "loss/kl": sum(r["kl"] for r in ranks),
+        "loss/skipped": int(skipped),
+        "tokens/generated": int(g["lengths"].sum()),
+        "tokens/trained": sum(r["trained"] for r in ranks),
+        "tokens/forwarded": int(forwarded),
+    }
+    signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)
+    return metrics, len(g["rewards"]), skipped, signum
+
+
+def resume(cfg: Config, run_dir: Path, cfg_dict: dict[str, Any], *, model: torch.nn.Module,
+           optimizer: torch.optim.Optimizer, scheduler: Any, buffer: BaseReplayBuffer | None,
+           replay_gen: torch.Generator, sampler: PromptSampler) -> dict[str, Any] | None:
+    """Restore everything the next step depends on from the checkpoint `cfg.resume` points
+    at, and cut metrics.jsonl back to its step; return the loop state, or None (fresh start)."""
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None and distributed.is_main() else None
+    ckpt = distributed.broadcast(ckpt)  # rank 0 checks the checksums once and picks for all
+    if ckpt is None:
+        if (cfg.resume is not None or cfg.overwrite) and distributed.is_main():
+            truncate_metrics(metrics_path, 0)
+        return None
+    saved = load_checkpoint(ckpt)
+    bad = incompatible_keys(saved["config"], cfg_dict)
+    if bad:
+        raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
+                              + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
+    distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
+    scheduler.load_state_dict(saved["optim"]["scheduler"])
+    if buffer is not None:
+        buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
+    set_rng_state(saved["rng_tensors"], saved["rng"])
+    replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
+    state = saved["state"]
+    sampler.load_state_dict(state["sampler"])
+    if distributed.is_main():
+        truncate_metrics(metrics_path, state["step"])
+    log.info("resumed from %s at step %d", ckpt, state["step"])
+    return state
+
+
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train per `cfg`, writing metrics.jsonl, checkpoints and the final model into `run_dir`."""
     distributed.init(resolve_device(cfg.device))  # torchrun: join the group; else nothing
@@ -198,28 +274,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     state: dict[str, Any] = {"step": 0, "rollouts_generated": 0, "next_group": 0, "start_accuracy": None,
                              "accuracy": None, "bad_steps": 0, "skipped_steps": 0, "sampler": None}
     metrics_path = run_dir / "metrics.jsonl"
-    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None and distributed.is_main() else None
-    ckpt = distributed.broadcast(ckpt)  # rank 0 checks the checksums once and picks for all
-    if ckpt is not None:
-        saved = load_checkpoint(ckpt)
-        bad = incompatible_keys(saved["config"], cfg_dict)
-        if bad:
-            raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
-                                  + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
-        distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
-        scheduler.load_state_dict(saved["optim"]["scheduler"])
-        if buffer is not None:
-            buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
-        set_rng_state(saved["rng_tensors"], saved["rng"])
-        replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
-        state = saved["state"]
-        sampler.load_state_dict(state["sampler"])
+    saved_state = resume(cfg, run_dir, cfg_dict, model=model, optimizer=optimizer, scheduler=scheduler,
+                         buffer=buffer, replay_gen=replay_gen, sampler=sampler)
+    if saved_state is not None:
+        state = saved_state
         engine.sync_weights(model)
-        if distributed.is_main():
-            truncate_metrics(metrics_path, state["step"])
-        log.info("resumed from %s at step %d", ckpt, state["step"])
-    elif (cfg.resume is not None or cfg.overwrite) and distributed.is_main():
-        truncate_metrics(metrics_path, 0)
     logger = MetricsLogger(metrics_path, cfg, enabled=distributed.is_main())  # rank 0 writes
 
     def checkpoint() -> Path:
@@ -304,62 +363,27 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                         r.old_logprobs = lp
                 buffer.add(used if cfg.replay.anchor else fresh)
 
-            # Metrics are of the global batch: one gather of every rank's per-rollout numbers
-            # and counts (in one process, a list of one). Each rank's loss and KL are already
-            # its share of the global mean, so they add up.
-            ranks = distributed.gather({
+            # Metrics are of the global batch (one gather over the ranks; in one process a list of one).
+            batch_metrics, n_generated, skipped, signum = global_metrics({
                 "rewards": rewards, "adv": adv, "ages": torch.tensor(ages, dtype=torch.long),
                 "lengths": torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32),
                 "truncated": torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.float64),
                 "by_age": torch.stack([result.clip_count_by_age, result.ratio_sum_by_age, result.tokens_by_age]),
                 "n_fresh": len(used), "buffer": len(buffer) if buffer is not None else 0, "loss": result.loss,
                 "kl": result.kl, "trained": sum(r.completion_ids.numel() for r in batch), "skipped": result.skipped,
-                "rows_skipped": result.rows_skipped,
-                "stop": stop.signum})
-            g = {k: torch.cat([r[k] for r in ranks]) for k in ("rewards", "adv", "ages", "lengths", "truncated")}
-            rep_ages = torch.cat([r["ages"][r["n_fresh"]:] for r in ranks])
-            n_age = max(max_age, int(g["ages"].max())) + 1  # the age bound's length for replay, else what occurred
-            clip_by_age, ratio_by_age, tokens_by_age = sum(
-                torch.nn.functional.pad(r["by_age"], (0, n_age - r["by_age"].shape[1])) for r in ranks)
-            n_tokens_forwarded = float(tokens_by_age.sum())
-            n_tokens = max(n_tokens_forwarded, 1.0)
-            tokens_by_age = tokens_by_age.clamp(min=1)
-            skipped = any(r["skipped"] for r in ranks)
-            signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)  # all ranks stop together
-
-            state["rollouts_generated"] += len(g["rewards"])
+                "rows_skipped": result.rows_skipped, "stop": stop.signum}, max_age)
+            state["rollouts_generated"] += n_generated
             state["skipped_steps"] += int(skipped)
             state["bad_steps"] = state["bad_steps"] + 1 if skipped else 0
             if skipped:
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step + 1, state["bad_steps"])
-            n_fresh = sum(r["n_fresh"] for r in ranks)
             metrics: dict[str, Any] = {
                 "step": step + 1,
                 "rollouts/generated": state["rollouts_generated"],
-                "reward/mean": float(g["rewards"].mean()),
-                "response/tokens_mean": float(g["lengths"].mean()),
-                "response/truncated_frac": float(g["truncated"].mean()),
-                "batch/n_fresh": n_fresh,
-                "batch/n_replay": len(g["ages"]) - n_fresh,
-                "batch/zero_adv_frac": float((g["adv"] == 0).float().mean()),
-                "batch/rows_skipped": sum(r["rows_skipped"] for r in ranks),
-                "buffer/size": sum(r["buffer"] for r in ranks),
-                "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
-                "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,
-                "replay/age_hist": torch.bincount(g["ages"], minlength=n_age).tolist(),
-                "loss/pg": sum(r["loss"] for r in ranks),
-                "loss/clip_fraction": float(clip_by_age.sum()) / n_tokens,
-                "loss/ratio_mean": float(ratio_by_age.sum()) / n_tokens,
-                "loss/clip_fraction_by_age": (clip_by_age / tokens_by_age).tolist(),
-                "loss/ratio_mean_by_age": (ratio_by_age / tokens_by_age).tolist(),
-                "loss/kl": sum(r["kl"] for r in ranks),
+                **batch_metrics,
                 "loss/grad_norm": result.grad_norm,
-                "loss/skipped": int(skipped),
                 "lr": scheduler.get_last_lr()[0],
-                "tokens/generated": int(g["lengths"].sum()),
-                "tokens/trained": sum(r["trained"] for r in ranks),
-                "tokens/forwarded": int(n_tokens_forwarded),
                 "time/generate": t_gen - t0,
                 "time/grade": t_grade - t_gen,
                 "time/update": t_update - t_grade,
