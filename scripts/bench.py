@@ -257,7 +257,7 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
                 "replay batch.", "",
                 "```", report(r), "```", "",
                 "| ratio | value | target |", "|---|---|---|",
-                f"| extra time / (grpo update time per trained token x extra tokens) | **{r['ratio']:.2f}** "
+                f"| extra time / (grpo update time per forwarded token x extra tokens) | **{r['ratio']:.2f}** "
                 f"| <= 1.10: {ok(r['ratio'] <= 1.10)} |",
                 f"| extra time / marginal update time of the extra rollouts (in-process update_step) "
                 f"| {r['ratio_marginal']:.2f} | <= 1.10: {ok(r['ratio_marginal'] <= 1.10)} |",

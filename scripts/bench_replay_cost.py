@@ -15,7 +15,7 @@ Two measurements, both in this one invocation:
 
 Ratios (1.00 = replay costs exactly its extra update tokens; target <= 1.10):
 
-    extra time per step / (update time per trained token in the grpo run x extra tokens)
+    extra time per step / (update time per forwarded token in the grpo run x extra tokens)
     extra time per step / (measured update time of the extra rollouts, from 2.)
 
 The first divides the grpo update (fixed costs included) by its tokens; the second
@@ -243,7 +243,7 @@ def report(r: dict) -> str:
         f"{r['steady_replay_steps']}/{r['replay_steps']} steps with a full replay batch)",
         f"extra time per step (non-generation): {r['extra_nongen_s'] * 1000:.1f} ms; whole step: "
         f"{r['extra_step_s'] * 1000:.1f} ms",
-        f"update time per trained token (grpo runs): {r['update_s_per_token_grpo'] * 1e6:.1f} us -> "
+        f"update time per forwarded token (grpo runs, zero-advantage rows are not forwarded): {r['update_s_per_token_grpo'] * 1e6:.1f} us -> "
         f"ratio {r['ratio']:.2f} (per repeat: {', '.join(f'{x:.2f}' for x in r['ratio_per_repeat'])}; "
         f"whole step: {r['ratio_full_step']:.2f})",
         f"marginal update cost of the extra rollouts (in-process, {m['replayed_rollouts']} rollouts, "
