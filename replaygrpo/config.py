@@ -115,8 +115,8 @@ class TrainerConfig:
     """How the update lays out a micro-batch (same values and gradients each way): shared_prefix
     (each distinct prompt forwarded once, completions on its KV cache), packed (rows back to back,
     no padding; varlen kernels under flash attention, a dense block mask under sdpa), padded, or
-    auto (shared_prefix; under gradient checkpointing, which drops the cache, packed with flash
-    attention, else padded)."""
+    auto (shared_prefix; under gradient checkpointing, which drops the cache, or torchrun, which
+    needs one forward per micro-batch: packed with flash attention, else padded)."""
     skip_zero_advantage: bool = True
     """Leave rollouts with advantage 0 out of the forward/backward: with kl_coef 0 their gradient is
     exactly zero; they still count in the loss normaliser, so the step is unchanged."""
