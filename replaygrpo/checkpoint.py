@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 # Keys that may change between a run and its resumption.
+# Keys that change the cost of a step, not its values, may differ too.
 RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
-                  "trainer.grader_workers", "cache_dir", "eval.")
+                  "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
+                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")
 
 
 class CheckpointError(RuntimeError):
@@ -87,8 +90,14 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (saved, current)} for values that differ, ignoring those a resume may change."""
-    a, b = flatten(saved), flatten(current)
+    """{dotted key: (saved, current)} for values that differ, ignoring those a resume may change.
+
+    A key the saved config lacks (written before the key existed) reads as its default.
+    """
+    from replaygrpo.config import Config
+
+    a = flatten(asdict(Config())) | flatten(saved)
+    b = flatten(current)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_KEYS)}
 

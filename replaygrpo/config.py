@@ -74,7 +74,7 @@ class DataConfig:
 @dataclass
 class EngineConfig:
     name: str = "hf"
-    """Generation engine: hf (transformers generate, CPU or GPU) or vllm (GPU)."""
+    """Generation engine: hf (a sampling loop over the trainer's transformers module, CPU or GPU) or vllm."""
     temperature: float = 1.0
     """Sampling temperature for training rollouts; the trainer's log-probs use the same scaling."""
     top_p: float = 1.0

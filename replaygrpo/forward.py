@@ -7,8 +7,8 @@ only the completion positions are forwarded on top of it. Gradients flow back th
 the gathered cache into the shared prompt forward, so values and gradients equal the
 full per-row forward (tests/test_forward.py). The gather is an index, so replayed
 rollouts of one prompt from different steps share its forward too. Where the KV cache
-cannot be kept (gradient checkpointing), `packed` puts the rows back to back without
-padding instead (see `completion_logprobs`).
+cannot be kept (gradient checkpointing, several processes), `packed` puts the rows back to
+back without padding, or `padded` pads them (see `choose_layout`).
 
 Layout: prompts (U, Wp) left-padded, completions (B, C) right-padded, row_prompt (B,)
 the prompt of each row. The logit that scores completion token j of row b is the last
@@ -92,6 +92,9 @@ def prefill(model: torch.nn.Module, prompts: PromptBatch, rows: Tensor):
     out = model(input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=_positions(prompts.mask),
                 use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
+    if cache is None:  # transformers drops the cache under gradient checkpointing in training
+        raise ValueError("the shared-prefix forward needs a KV cache, which gradient checkpointing drops; "
+                         "use trainer.update_layout=auto, packed or padded")
     cache.batch_select_indices(rows)
     return out.logits[:, -1], cache
 

@@ -104,8 +104,8 @@ def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: Gr
     dropped afterwards) and the results are gathered.
     """
     n = len(prompts)
-    pad = -n % distributed.world_size()
-    share = distributed.my_share(list(zip(prompts + prompts[:pad], golds + golds[:pad])))
+    items = list(zip(prompts, golds))
+    share = distributed.my_share([items[i % n] for i in range(n + -n % distributed.world_size())])
     out = engine.generate([p for p, _ in share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
     texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
     mine = list(zip(grader.grade_many(texts, [gold for _, gold in share]), [g[0].token_ids.numel() for g in out]))

@@ -168,6 +168,8 @@ def update_step(
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     norm = norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP: the global norm
     skipped = not (math.isfinite(loss_total) and bool(torch.isfinite(norm)))
+    if distributed.active():  # every shard steps or none does
+        skipped = any(distributed.gather(skipped))
     if skipped:
         optimizer.zero_grad(set_to_none=True)
     else:

@@ -333,7 +333,7 @@ def bounds(res: dict) -> list[str]:
             "the first row is the one taken from training steps as they run. Replay's own bookkeeping is "
             f"{m['bookkeeping_s'] * 1000:.2f} ms a step; what replayed rollouts add beyond their completion tokens "
             f"is their prompts, which are not shared G ways as the fresh ones' are (the replay batch forwards "
-            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the positions of the fresh one for "
+            f"{m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x the positions of the fresh one for "
             f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x its completion tokens).")
     if r and r["ratio"] > 1.10:
         m = r["micro"]
@@ -342,7 +342,7 @@ def bounds(res: dict) -> list[str]:
             f"{m['bookkeeping_s'] * 1000:.2f} ms a step ({100 * r['bookkeeping_share']:.1f}% of the extra update); "
             f"the rest is the update itself: replayed rollouts come from many groups, so their prompts are not "
             f"shared G ways as the fresh ones' are, and the replay batch forwards "
-            f"{m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x the positions for "
+            f"{m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x the positions for "
             f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens; the "
             f"directly measured marginal cost of the extra rollouts gives {r['ratio_marginal']:.2f}.")
     b = res.get("buffer")

@@ -175,6 +175,8 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     def padded(batch: list[Rollout]) -> int:
         """Positions the update forwards (distinct prompts once + completions, padding included)."""
         rows = [r for r in batch if r.advantage != 0]
+        if not rows:
+            return 0
         return CompletionBatch.build([r.prompt_ids for r in rows], [r.completion_ids for r in rows], 0).positions()
 
     return {"fresh_rollouts": len(fresh), "replayed_rollouts": len(replayed),
@@ -251,7 +253,7 @@ def report(r: dict) -> str:
         f"({r['update_s_per_token_marginal'] * 1e6:.1f} us/token) -> ratio {r['ratio_marginal']:.2f}; "
         f"its fresh batch: {m['fresh_rollouts']} rollouts, {m.get('fresh_zero_adv', 0)} with advantage 0 (skipped)",
         f"  positions forwarded in the update (padding included): {m['padded_fresh']} fresh only, {m['padded_fresh_plus_replay']} "
-        f"with replay ({m['padded_fresh_plus_replay'] / m['padded_fresh']:.2f}x for "
+        f"with replay ({m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x for "
         f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x completion tokens)",
         f"replay bookkeeping per step (evict + compose + add, in-process): {m['bookkeeping_s'] * 1000:.2f} ms "
         f"= {100 * r['bookkeeping_share']:.1f}% of the extra update time",

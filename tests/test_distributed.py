@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
-    "token_mean_clip_kl": (dict(agg="token_mean", grad_clip=0.05, kl_coef=0.1), (6, 4)),
+    "token_mean_clip_kl": (dict(agg="token_mean", grad_clip=0.05, kl_coef=0.1, layout="packed"), (6, 4)),
     # Rank 0's two rollouts have advantage 0: it skips both and runs idle passes only.
     "seq_mean_token_sum": (dict(agg="seq_mean_token_sum", grad_clip=0.0, kl_coef=0.0), (2, 8)),
 }
@@ -70,7 +70,7 @@ def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
     return update_step(
         model, opt, rollouts, ages, num_fresh, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
         agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=BUDGET, grad_clip=kw["grad_clip"],
-        ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, **extra)
+        ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, layout=kw.get("layout", "auto"), **extra)
 
 
 def worker(out_dir: Path) -> None:

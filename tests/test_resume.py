@@ -1,6 +1,7 @@
 """Nothing lost: a run killed with SIGKILL resumes to the same metrics and weights; corrupt checkpoints are skipped."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -8,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from replaygrpo.checkpoint import find_resume_point, list_checkpoints, truncate_metrics
+from replaygrpo.checkpoint import find_resume_point, incompatible_keys, list_checkpoints, truncate_metrics
+from replaygrpo.config import Config
 from tests.conftest import toy_overrides
 
 STEPS = 6
@@ -86,6 +89,19 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path):
     out = subprocess.run(train_cmd(run, "resume=auto", "replay.alpha=0.5", steps=3),
                          env=env(), capture_output=True, text=True)
     assert out.returncode == 2 and "replay.alpha" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_keys_that_may_change_and_keys_older_checkpoints_lack():
+    current = asdict(Config())
+    older = copy.deepcopy(current)
+    del older["model"]["attn_implementation"]  # written before the key existed: reads as its default
+    del older["trainer"]["update_layout"]
+    assert incompatible_keys(older, current) == {}
+    current["model"]["attn_implementation"] = "eager"
+    current["trainer"]["micro_batch_tokens"] = 1024  # cost only: may change on resume
+    current["replay"]["alpha"] = 0.5
+    assert incompatible_keys(older, current) == {"model.attn_implementation": (None, "eager"),
+                                                 "replay.alpha": (1.0, 0.5)}
 
 
 def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):
