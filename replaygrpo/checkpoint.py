@@ -23,7 +23,7 @@ import random
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,11 @@ from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
 from replaygrpo.report import flatten
+
+if TYPE_CHECKING:
+    from replaygrpo.config import Config
+    from replaygrpo.replay.buffer import BaseReplayBuffer
+    from replaygrpo.sampler import PromptSampler
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +245,34 @@ def truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def resume(cfg: Config, run_dir: Path, cfg_dict: dict[str, Any], *, model: torch.nn.Module,
+           optimizer: torch.optim.Optimizer, scheduler: Any, buffer: BaseReplayBuffer | None,
+           replay_gen: torch.Generator, sampler: PromptSampler) -> dict[str, Any] | None:
+    """Restore everything the next step depends on from the checkpoint `cfg.resume` points
+    at, and cut metrics.jsonl back to its step; return the loop state, or None (fresh start)."""
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None and distributed.is_main() else None
+    ckpt = distributed.broadcast(ckpt)  # rank 0 checks the checksums once and picks for all
+    if ckpt is None:
+        if (cfg.resume is not None or cfg.overwrite) and distributed.is_main():
+            truncate_metrics(metrics_path, 0)
+        return None
+    saved = load_checkpoint(ckpt)
+    bad = incompatible_keys(saved["config"], cfg_dict)
+    if bad:
+        raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
+                              + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
+    distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
+    scheduler.load_state_dict(saved["optim"]["scheduler"])
+    if buffer is not None:
+        buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
+    set_rng_state(saved["rng_tensors"], saved["rng"])
+    replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
+    state = saved["state"]
+    sampler.load_state_dict(state["sampler"])
+    if distributed.is_main():
+        truncate_metrics(metrics_path, state["step"])
+    log.info("resumed from %s at step %d", ckpt, state["step"])
+    return state

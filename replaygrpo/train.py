@@ -32,14 +32,13 @@ import numpy as np
 import torch
 
 from replaygrpo import distributed
-from replaygrpo.checkpoint import (CheckpointError, find_resume_point, incompatible_keys,
-                                   load_checkpoint, save_checkpoint, set_rng_state, truncate_metrics)
+from replaygrpo.checkpoint import resume, save_checkpoint
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
 from replaygrpo.data.train_sets import load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.grpo import group_advantages
-from replaygrpo.metrics import MetricsLogger, progress_bar
+from replaygrpo.metrics import MetricsLogger, global_metrics, progress_bar
 from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device, stop_token_ids
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
@@ -148,82 +147,6 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-def global_metrics(local: dict[str, Any], max_age: int) -> tuple[dict[str, Any], int, bool, int | None]:
-    """This step's metrics over every rank's share, from each rank's per-rollout numbers and counts.
-
-    Returns (metrics, rollouts generated, whether any rank skipped the step, the stop
-    signal any rank received): all ranks stop together. Each rank's loss and KL are
-    already its share of the global mean, so they add up.
-    """
-    ranks = distributed.gather(local)
-    g = {k: torch.cat([r[k] for r in ranks]) for k in ("rewards", "adv", "ages", "lengths", "truncated")}
-    rep_ages = torch.cat([r["ages"][r["n_fresh"]:] for r in ranks])
-    n_age = max(max_age, int(g["ages"].max())) + 1  # the age bound's length for replay, else what occurred
-    clip_by_age, ratio_by_age, tokens_by_age = sum(
-        torch.nn.functional.pad(r["by_age"], (0, n_age - r["by_age"].shape[1])) for r in ranks)
-    forwarded = float(tokens_by_age.sum())  # zero-advantage rollouts skipped by the update are not in it
-    n_tokens = max(forwarded, 1.0)
-    per_age = tokens_by_age.clamp(min=1)
-    skipped = any(r["skipped"] for r in ranks)
-    n_fresh = sum(r["n_fresh"] for r in ranks)
-    metrics = {
-        "reward/mean": float(g["rewards"].mean()),
-        "response/tokens_mean": float(g["lengths"].mean()),
-        "response/truncated_frac": float(g["truncated"].mean()),
-        "batch/n_fresh": n_fresh,
-        "batch/n_replay": len(g["ages"]) - n_fresh,
-        "batch/zero_adv_frac": float((g["adv"] == 0).float().mean()),
-        "batch/rows_skipped": sum(r["rows_skipped"] for r in ranks),
-        "buffer/size": sum(r["buffer"] for r in ranks),
-        "replay/age_max": int(rep_ages.max()) if len(rep_ages) else 0,
-        "replay/age_mean": float(rep_ages.float().mean()) if len(rep_ages) else 0.0,
-        "replay/age_hist": torch.bincount(g["ages"], minlength=n_age).tolist(),
-        "loss/pg": sum(r["loss"] for r in ranks),
-        "loss/clip_fraction": float(clip_by_age.sum()) / n_tokens,
-        "loss/ratio_mean": float(ratio_by_age.sum()) / n_tokens,
-        "loss/clip_fraction_by_age": (clip_by_age / per_age).tolist(),
-        "loss/ratio_mean_by_age": (ratio_by_age / per_age).tolist(),
-        "loss/kl": sum(r["kl"] for r in ranks),
-        "loss/skipped": int(skipped),
-        "tokens/generated": int(g["lengths"].sum()),
-        "tokens/trained": sum(r["trained"] for r in ranks),
-        "tokens/forwarded": int(forwarded),
-    }
-    signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)
-    return metrics, len(g["rewards"]), skipped, signum
-
-
-def resume(cfg: Config, run_dir: Path, cfg_dict: dict[str, Any], *, model: torch.nn.Module,
-           optimizer: torch.optim.Optimizer, scheduler: Any, buffer: BaseReplayBuffer | None,
-           replay_gen: torch.Generator, sampler: PromptSampler) -> dict[str, Any] | None:
-    """Restore everything the next step depends on from the checkpoint `cfg.resume` points
-    at, and cut metrics.jsonl back to its step; return the loop state, or None (fresh start)."""
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt = find_resume_point(run_dir, cfg.resume) if cfg.resume is not None and distributed.is_main() else None
-    ckpt = distributed.broadcast(ckpt)  # rank 0 checks the checksums once and picks for all
-    if ckpt is None:
-        if (cfg.resume is not None or cfg.overwrite) and distributed.is_main():
-            truncate_metrics(metrics_path, 0)
-        return None
-    saved = load_checkpoint(ckpt)
-    bad = incompatible_keys(saved["config"], cfg_dict)
-    if bad:
-        raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
-                              + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
-    distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
-    scheduler.load_state_dict(saved["optim"]["scheduler"])
-    if buffer is not None:
-        buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
-    set_rng_state(saved["rng_tensors"], saved["rng"])
-    replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
-    state = saved["state"]
-    sampler.load_state_dict(state["sampler"])
-    if distributed.is_main():
-        truncate_metrics(metrics_path, state["step"])
-    log.info("resumed from %s at step %d", ckpt, state["step"])
-    return state
 
 
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
