@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
-# Keys that may change between a run and its resumption.
-# Keys that change the cost of a step, not its values, may differ too.
+# Keys that may change between a run and its resumption (the last three change a step's cost, not its values).
 RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
                   "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
                   "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")

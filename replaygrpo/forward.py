@@ -67,11 +67,9 @@ class CompletionBatch:
                 distinct.append(p)
             row_prompt.append(index[key])
         width = max(1, max(int(c.numel()) for c in completions))
-        ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(completions), width), dtype=torch.bool)
-        for i, c in enumerate(completions):
-            ids[i, :c.numel()] = c
-            mask[i, :c.numel()] = True
+        ids = right_pad(completions, width, pad_id, torch.long)
+        lengths = torch.tensor([c.numel() for c in completions])
+        mask = torch.arange(width) < lengths[:, None]
         return cls(PromptBatch.build(distinct, pad_id), torch.tensor(row_prompt, dtype=torch.long), ids, mask)
 
     def to(self, device: torch.device) -> CompletionBatch:
@@ -81,6 +79,14 @@ class CompletionBatch:
     def positions(self) -> int:
         """Token positions the shared-prefix forward computes (padding included)."""
         return self.prompts.ids.numel() + self.ids.shape[0] * (self.ids.shape[1] - 1)
+
+
+def right_pad(rows: list[Tensor], width: int, value: float, dtype: torch.dtype) -> Tensor:
+    """(len(rows), width) of `dtype`: row i holds rows[i], then `value`."""
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :r.numel()] = r
+    return out
 
 
 def _positions(mask: Tensor) -> Tensor:
@@ -108,16 +114,15 @@ def choose_layout(layout: str, model: torch.nn.Module) -> str:
     attention) and padded where it would need a dense (T, T) mask."""
     from replaygrpo import distributed
 
-    if distributed.active():
-        # Under FSDP every rank must run the same forwards per micro-batch; shared_prefix runs
-        # one or two (none after the prompt when every completion has one token).
-        if layout == "shared_prefix":
-            raise ValueError("trainer.update_layout=shared_prefix is not supported under torchrun; "
-                             "use auto, packed or padded")
-    elif layout == "auto" and not getattr(model, "is_gradient_checkpointing", False):
-        return "shared_prefix"
+    # Under FSDP every rank must run the same forwards per micro-batch; shared_prefix runs
+    # one or two (one when every completion has a single token).
+    if layout == "shared_prefix" and distributed.active():
+        raise ValueError("trainer.update_layout=shared_prefix is not supported under torchrun; "
+                         "use auto, packed or padded")
     if layout != "auto":
         return layout
+    if not distributed.active() and not getattr(model, "is_gradient_checkpointing", False):
+        return "shared_prefix"
     attn = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     return "packed" if attn.startswith("flash") else "padded"
 
@@ -167,13 +172,10 @@ def _packed(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
             chunk_size: int | None) -> Tensor:
     p, rows, ids, mask = batch.prompts, batch.row_prompt, batch.ids, batch.mask
     device = ids.device
-    c_len = mask.sum(1)
-    p_len = p.lengths[rows]
     width = p.ids.shape[1]
     pieces, positions, scored = [], [], []
     start = 0
-    for b in range(ids.shape[0]):
-        pl, cl = int(p_len[b]), int(c_len[b])
+    for b, (pl, cl) in enumerate(zip(p.lengths[rows].tolist(), mask.sum(1).tolist())):
         seq = torch.cat([p.ids[rows[b], width - pl:], ids[b, :max(cl - 1, 0)]])
         pieces.append(seq)
         positions.append(torch.arange(seq.numel(), device=device))

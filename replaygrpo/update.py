@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from replaygrpo import distributed
-from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs
+from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs, right_pad
 from replaygrpo.grpo import policy_loss
 from replaygrpo.rollout.types import Rollout
 
@@ -27,8 +27,6 @@ class UpdateResult:
     grad_norm: float
     skipped: bool  # non-finite loss or gradient: no step taken
     fresh_logprobs: list[Tensor]  # (C_i,) float32 trainer log-probs of each fresh rollout, in input order
-    clip_fraction: float
-    ratio_mean: float
     kl: float
     clip_count_by_age: Tensor  # (max_age + 1,) clipped tokens per rollout age
     ratio_sum_by_age: Tensor  # (max_age + 1,)
@@ -133,13 +131,13 @@ def update_step(
             if kl_on:
                 with torch.no_grad():
                     ref_logp = completion_logprobs(ref_model, cb, temperature, chunk_size, layout)
-        old = _pad_values([r.old_logprobs for r in batch], comp.shape[1]).to(device)
+        old = right_pad([r.old_logprobs for r in batch], comp.shape[1], 0.0, torch.float32).to(device)
         if old_logprobs == "trainer":
             is_fresh = torch.tensor([i < num_fresh for i in rows], device=device)
             old = torch.where(is_fresh[:, None], logp.detach(), old)
         behaviour = None
         if engine_logprobs is not None and tis_cap:
-            behaviour = _pad_values([engine_logprobs[i] for i in rows], comp.shape[1]).to(device)
+            behaviour = right_pad([engine_logprobs[i] for i in rows], comp.shape[1], 0.0, torch.float32).to(device)
         adv = torch.tensor([r.advantage for r in batch], dtype=torch.float32, device=device)
         loss, metrics = policy_loss(
             logp, old, adv, comp, clip_low=clip_low, clip_high=clip_high, agg=agg,
@@ -174,18 +172,8 @@ def update_step(
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    tokens = float(tokens_by_age.sum())
     return UpdateResult(
-        loss=loss_total, grad_norm=float(norm), skipped=skipped, fresh_logprobs=fresh_logprobs,
-        clip_fraction=float(clip_by_age.sum()) / max(tokens, 1.0),
-        ratio_mean=float(ratio_by_age.sum()) / max(tokens, 1.0), kl=kl_total,
+        loss=loss_total, grad_norm=float(norm), skipped=skipped, fresh_logprobs=fresh_logprobs, kl=kl_total,
         clip_count_by_age=clip_by_age, ratio_sum_by_age=ratio_by_age, tokens_by_age=tokens_by_age,
         rows_skipped=len(rollouts) - len(active), idle_passes=sum(1 for rows in plan if not rows))
 
-
-def _pad_values(values: list[Tensor], width: int) -> Tensor:
-    """(B, width) float32, right-padded with zeros."""
-    out = torch.zeros((len(values), width), dtype=torch.float32)
-    for i, v in enumerate(values):
-        out[i, :v.numel()] = v
-    return out

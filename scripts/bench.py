@@ -322,29 +322,27 @@ def bounds(res: dict) -> list[str]:
             f"leaves {fmt_ms(max(budget - fixed, 0))} for the update, which takes {fmt_ms(p['rg_parts']['update'])} "
             f"(TRL's loss forward + backward + optimiser: {fmt_ms(trl_update)}).")
     r = res.get("replay")
-    if r and r["ratio_marginal"] > 1.10:
+    if r:
         m = r["micro"]
-        lines.append(
-            f"- Replay's cost, in-process marginal ({r['ratio_marginal']:.2f}): the in-process update of the extra "
-            f"rollouts costs {r['update_s_per_token_marginal'] * 1e6:.0f} us per completion token, against "
-            f"{r['update_s_per_token_grpo'] * 1e6:.0f} us per forwarded token in the grpo runs, so the two "
-            "measures disagree by about that factor (the in-process one times one fixed batch, warm and repeated, "
-            f"whose fresh part has {m.get('fresh_zero_adv', 0)} of {m['fresh_rollouts']} rollouts with advantage 0); "
-            "the first row is the one taken from training steps as they run. Replay's own bookkeeping is "
-            f"{m['bookkeeping_s'] * 1000:.2f} ms a step; what replayed rollouts add beyond their completion tokens "
-            f"is their prompts, which are not shared G ways as the fresh ones' are (the replay batch forwards "
-            f"{m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x the positions of the fresh one for "
-            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x its completion tokens).")
-    if r and r["ratio"] > 1.10:
-        m = r["micro"]
-        lines.append(
-            f"- Replay's cost ({r['ratio']:.2f} by the grpo per-token rate): replay's own bookkeeping is "
-            f"{m['bookkeeping_s'] * 1000:.2f} ms a step ({100 * r['bookkeeping_share']:.1f}% of the extra update); "
-            f"the rest is the update itself: replayed rollouts come from many groups, so their prompts are not "
-            f"shared G ways as the fresh ones' are, and the replay batch forwards "
-            f"{m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x the positions for "
-            f"{(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens; the "
-            f"directly measured marginal cost of the extra rollouts gives {r['ratio_marginal']:.2f}.")
+        bookkeeping = f"replay's own bookkeeping is {m['bookkeeping_s'] * 1000:.2f} ms a step"
+        prompts = (
+            "replayed rollouts come from many groups, so their prompts are not shared G ways as the fresh ones' "
+            f"are (the replay batch forwards {m['padded_fresh_plus_replay'] / max(m['padded_fresh'], 1):.2f}x the "
+            f"positions for {(m['fresh_tokens'] + m['extra_tokens']) / m['fresh_tokens']:.2f}x the completion tokens)")
+        if r["ratio_marginal"] > 1.10:
+            lines.append(
+                f"- Replay's cost, in-process marginal ({r['ratio_marginal']:.2f}): the in-process update of the "
+                f"extra rollouts costs {r['update_s_per_token_marginal'] * 1e6:.0f} us per completion token, against "
+                f"{r['update_s_per_token_grpo'] * 1e6:.0f} us per forwarded token in the grpo runs, so the two "
+                "measures disagree by about that factor (the in-process one times one fixed batch, warm and "
+                f"repeated, whose fresh part has {m.get('fresh_zero_adv', 0)} of {m['fresh_rollouts']} rollouts with "
+                f"advantage 0); the first row is the one taken from training steps as they run. {bookkeeping.capitalize()}; "
+                f"what replayed rollouts cost beyond their completion tokens is their prompts: {prompts}.")
+        if r["ratio"] > 1.10:
+            lines.append(
+                f"- Replay's cost ({r['ratio']:.2f} by the grpo per-token rate): {bookkeeping} "
+                f"({100 * r['bookkeeping_share']:.1f}% of the extra update); the rest is the update itself: {prompts}; "
+                f"the directly measured marginal cost of the extra rollouts gives {r['ratio_marginal']:.2f}.")
     b = res.get("buffer")
     if b and b["step_ms"] >= 5:
         ph = re.search(r"add ([\d.]+) ms, evict ([\d.]+) ms, sample ([\d.]+) ms", b["stdout"])

@@ -9,7 +9,7 @@ so eviction and eligibility are vectorised over the buffer.
 
 Cost. Beyond copying the tokens once, a step at paper scale (scripts/bench_buffer.py:
 add 1,024 rollouts of 1,000 tokens, evict, sample 512 of 100,000) is per-rollout
-Python and per-tensor overhead (~1 us to make a view, ~0.4 us to free it), so:
+Python and per-tensor overhead (making and freeing a view per rollout field), so:
 - `append` reads each field of each rollout once, converts the scalars with
   array.array, and copies tokens and log-probs with one `torch.cat` each. A group's
   prompt is taken from its first rollout; the others are checked with torch.equal,

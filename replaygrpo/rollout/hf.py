@@ -72,7 +72,9 @@ class HFEngine:
         rows = torch.arange(prompts.ids.shape[0], device=device).repeat_interleave(params.n)
         last, cache = prefill(self.model, prompts, rows)
         logits = last[rows]
-        mask = prompts.mask[rows]
+        # Every step attends to the prompt and all tokens so far: one mask, sliced per step.
+        mask = torch.cat([prompts.mask[rows], prompts.mask.new_ones(n_rows, params.max_new_tokens)], dim=1)
+        width = prompts.ids.shape[1]
         position = prompts.lengths[rows]
         stop = torch.tensor(self.stop_ids, device=device)
         done = torch.zeros(n_rows, dtype=torch.bool, device=device)
@@ -85,8 +87,8 @@ class HFEngine:
             done |= torch.isin(token, stop)
             if t + 1 == params.max_new_tokens or bool(done.all()):
                 break
-            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
-            logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
+            logits = self.model(input_ids=token[:, None], attention_mask=mask[:, :width + t + 1],
+                                position_ids=position[:, None],
                                 past_key_values=cache, use_cache=True).logits[:, -1]
             position = position + 1
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
