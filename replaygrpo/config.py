@@ -91,6 +91,9 @@ class EngineConfig:
     """vLLM only: inplace (stream weights in chunks) or reload (save safetensors and reload)."""
     max_logprob_gap: float = 0.5
     """vLLM only: abort when the engine-vs-trainer mean log-prob gap after sync exceeds this."""
+    tensor_parallel_size: int = 1
+    """vLLM only, under torchrun: ranks per engine (consecutive ranks form one tensor-parallel
+    engine and generate their prompts together); must divide the number of processes."""
 
 
 @dataclass
@@ -300,8 +303,14 @@ def validate(cfg: Config) -> Config:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     _require(t.prompts_per_step % world == 0, "trainer.prompts_per_step", t.prompts_per_step,
              f"a multiple of the number of processes ({world}, torchrun's WORLD_SIZE): each rank takes an equal share")
-    _require(world == 1 or cfg.engine.name == "hf", "engine.name", cfg.engine.name,
-             "hf under torchrun (the vllm engine is single-process for now; see docs/distributed.md)")
+    tp = cfg.engine.tensor_parallel_size
+    _require(tp >= 1, "engine.tensor_parallel_size", tp, "an integer >= 1")
+    _require(tp == 1 or cfg.engine.name == "vllm", "engine.tensor_parallel_size", tp,
+             "1 with engine=hf (tensor parallelism is vLLM's)")
+    _require(tp == 1 or world % tp == 0 and world > 1, "engine.tensor_parallel_size", tp,
+             f"a divisor of the number of torchrun processes ({world}, WORLD_SIZE): the engine's "
+             "tensor-parallel ranks are the trainer's ranks (launch with torchrun --nproc_per_node "
+             f"{tp} or a multiple)")
     _require(t.lr > 0, "trainer.lr", t.lr, "a float > 0")
     _require(not (t.update_layout == "shared_prefix" and cfg.model.gradient_checkpointing), "trainer.update_layout",
              t.update_layout, "auto, packed or padded with model.gradient_checkpointing=true (it drops the KV cache "
@@ -325,6 +334,7 @@ def validate(cfg: Config) -> Config:
     e = cfg.engine
     _require(e.temperature > 0, "engine.temperature", e.temperature, "a float > 0 (training samples)")
     _require(0 < e.top_p <= 1, "engine.top_p", e.top_p, "a float in (0, 1]")
+    _require(e.max_logprob_gap >= 0, "engine.max_logprob_gap", e.max_logprob_gap, "a float >= 0")
     _require(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization",
              e.gpu_memory_utilization, "a float in (0, 1)")
     _require(cfg.eval.temperature >= 0, "eval.temperature", cfg.eval.temperature, "a float >= 0")

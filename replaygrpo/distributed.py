@@ -85,6 +85,20 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def peers(size: int) -> Any:
+    """The process group of this rank and its `size - 1` neighbours (ranks r..r+size-1 with
+    r a multiple of `size`): a vLLM tensor-parallel group. A collective: every rank calls it."""
+    group, _ = dist.new_subgroups(group_size=size)
+    return group
+
+
+def gather_in(group: Any, obj: Any) -> list[Any]:
+    """Every member's `obj`, in rank order, on every member of `group`."""
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
 def my_share(items: list[Any]) -> list[Any]:
     """This rank's contiguous share of a list whose length divides by the world size."""
     n = len(items) // world_size()
@@ -127,6 +141,16 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def full_state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) for each state-dict entry, on every rank. A sharded entry is
+    all-gathered when it is reached, so at most one whole tensor is held at a time beyond
+    what the caller keeps; every rank must walk the whole iterator (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, t in model.state_dict().items():
+        yield name, t.full_tensor() if isinstance(t, DTensor) else t
+
+
 @contextmanager
 def full_params(model: nn.Module) -> Iterator[None]:
     """Hold the full (unsharded) parameters on every rank while generating.
@@ -151,6 +175,17 @@ def full_params(model: nn.Module) -> Iterator[None]:
     finally:
         for m in modules:  # FSDP2's defaults: layers reshard after forward, the root does not
             m.set_reshard_after_forward(m is not model, recurse=False)
+            m.reshard()
+
+
+def reshard(model: nn.Module) -> None:
+    """Return an FSDP2 model to its sharded parameters after a forward with no backward: the
+    root keeps its parameters unsharded after a forward (FSDP2's default), and until it
+    reshards they are not the tensors the optimiser and the checkpoint functions hold."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
             m.reshard()
 
 

@@ -214,22 +214,19 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            with distributed.full_params(model):
-                state["start_accuracy"], _ = toy_eval(
-                    engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+            state["start_accuracy"], _ = toy_eval(
+                engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
             # 1. Draw B prompts and sample G completions each with the current policy. Every
             # rank draws the same B (same sampler seed) and generates for its contiguous share:
-            # groups stay whole on one rank, so the advantages below are local. FSDP2 holds the
-            # full weights during generation (see distributed.full_params).
+            # groups stay whole on one rank, so the advantages below are local.
             all_idx = sampler.next(t_cfg.prompts_per_step)
             idx = distributed.my_share(all_idx)
-            with distributed.full_params(model):
-                groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
-                    n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
-                    max_new_tokens=e_cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + step) * world + rank))
+            groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
+                n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
+                max_new_tokens=e_cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + step) * world + rank))
             t_gen = time.perf_counter()
 
             # 2. Reward: 1 if the extracted answer is equivalent to the gold, else 0.
@@ -314,9 +311,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 **engine.metrics(),
             }
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                with distributed.full_params(model):
-                    state["accuracy"], eval_tokens = toy_eval(
-                        engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+                state["accuracy"], eval_tokens = toy_eval(
+                    engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
                 metrics["eval/accuracy"] = state["accuracy"]
                 metrics["eval/tokens_mean"] = eval_tokens
             metrics["loss/skipped_total"] = state["skipped_steps"]
@@ -351,5 +347,6 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         tok.save_pretrained(final)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     distributed.barrier()  # the final model exists before any rank returns
+    engine.close()
     distributed.close()
     return summary

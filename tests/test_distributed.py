@@ -84,21 +84,20 @@ def worker(out_dir: Path) -> None:
     distributed.init(torch.device("cpu"))
     rank = distributed.rank()
     # Generation: ranks generate different numbers of tokens, first before any sharded
-    # forward (FSDP's lazy init) and again after a training step. Under full_params the
-    # parameters stay whole (plain tensors, not DTensor shards) through every token's
-    # forward, so no forward all-gathers; they are sharded again afterwards.
+    # forward (FSDP's lazy init) and again after a training step. The engine holds the whole
+    # parameters (distributed.full_params) through every token's forward, so no forward
+    # all-gathers (ranks making different numbers of forwards would otherwise hang); they
+    # are sharded again afterwards.
     model, _ = tiny_model(kl=False)
     distributed.shard(model, torch.device("cpu"))
     generated, whole = [], []
     for again in (False, True):
         if again:
             run_update(model, None, *fixed_batch(), NUM_FRESH, CASES["seq_mean_token_sum"][0])
-        with distributed.full_params(model):
-            # The trainer's sampling loop; no stop token, so rank r makes 2 + 9r forwards.
-            engine = HFEngine(model, eos_token_id=-1, pad_token_id=0)
-            n = 2 + 9 * rank
-            out = engine.generate([[1, 2, 3]], SamplingParams(n=2, temperature=1.0, max_new_tokens=n, seed=rank))
-            whole.append(not any(isinstance(p, DTensor) for p in model.parameters()))
+        # The trainer's sampling loop; no stop token, so rank r makes 2 + 9r forwards.
+        engine = HFEngine(model, eos_token_id=-1, pad_token_id=0)
+        n = 2 + 9 * rank
+        out = engine.generate([[1, 2, 3]], SamplingParams(n=2, temperature=1.0, max_new_tokens=n, seed=rank))
         whole.append(all(isinstance(p, DTensor) for p in model.parameters()))
         generated.append(out[0][0].token_ids.numel())
     generated = distributed.gather((generated, whole))
@@ -156,7 +155,7 @@ def test_two_processes_take_the_single_process_update(tmp_path):
     # Rank 0 held only zero-advantage rollouts: it ran idle passes only, matching rank 1's count.
     assert torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["idle"][0] > 0
     generated = torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["generated"]
-    assert generated == [([2, 2], [True] * 4), ([11, 11], [True] * 4)]
+    assert generated == [([2, 2], [True] * 2), ([11, 11], [True] * 2)]
 
 
 def train_args(run_dir: Path, *extra: str) -> list[str]:
@@ -224,9 +223,24 @@ def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
         validate(cfg)
     cfg.trainer.prompts_per_step = 6
     validate(cfg)
-    cfg.engine.name = "vllm"
-    with pytest.raises(ConfigError, match="engine.name"):
+
+
+@pytest.mark.parametrize("world, engine, tp, ok", [
+    (1, "vllm", 1, True), (4, "vllm", 2, True), (4, "vllm", 4, True),
+    (1, "vllm", 2, False),  # tensor parallel ranks are torchrun's ranks
+    (4, "vllm", 3, False), (4, "hf", 2, False), (4, "vllm", 0, False)])
+def test_engine_tensor_parallel_size_must_tile_the_ranks(monkeypatch, world, engine, tp, ok):
+    from replaygrpo.config import Config, ConfigError, validate
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    cfg = Config()
+    cfg.trainer.prompts_per_step = 4
+    cfg.engine.name, cfg.engine.tensor_parallel_size = engine, tp
+    if ok:
         validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match="engine.tensor_parallel_size"):
+            validate(cfg)
 
 
 def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():

@@ -6,9 +6,11 @@ The base suite deselects these (pytest addopts) and skips them where vLLM is not
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("vllm")
 
@@ -170,3 +172,55 @@ def test_sleep_is_a_noop_without_sleep_mode(engine, toy):
     engine.sleep()
     engine.wake_up()
     assert engine.generate(toy[2][:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=2))
+
+
+# --- under torchrun: one engine per rank (data parallel) or one over both ranks (tensor parallel) ---
+
+def _same_run(a: list[dict], b: list[dict]) -> None:
+    """The same samples and the same updates (sync gaps aside: float noise of two engines)."""
+    drop = ("sync/",)
+    assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in a] == \
+        [{k: v for k, v in r.items() if not k.startswith(drop)} for r in b]
+
+
+def test_torchrun_vllm_data_and_tensor_parallel_agree_and_resume(tmp_path):
+    from tests.test_distributed import metrics, torchrun, train_args
+
+    dp, tp, resumed = tmp_path / "dp", tmp_path / "tp", tmp_path / "resumed"
+    common = ("engine=vllm", "engine.max_logprob_gap=1e-4")
+    out = torchrun(*train_args(dp, *common, "engine.sync=inplace"), timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    tp_args = (*common, "engine.sync=reload", "engine.tensor_parallel_size=2")
+    out = torchrun(*train_args(tp, *tp_args), timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+    rows = metrics(dp)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows + metrics(tp):
+        assert r["sync/logprob_gap"] < 1e-4  # the largest over the ranks, after every step's sync
+        assert r["batch/n_fresh"] == 16 and r["replay/age_max"] <= 1
+    assert any(r["batch/n_replay"] > 0 for r in rows)
+    # The ranks of one tensor-parallel engine run both ranks' prompts with their seeds and
+    # each keeps its own: the same completions, rewards and steps as two separate engines.
+    _same_run(rows, metrics(tp))
+    a = load_file(dp / "final_model" / "model.safetensors")
+    b = load_file(tp / "final_model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    # Resume from step 1: the engine starts from the checkpoint's weights, the run goes on alike.
+    shutil.copytree(tp, resumed)
+    for p in ("checkpoints/step-00000002", "final_model", "summary.json"):
+        shutil.rmtree(resumed / p) if (resumed / p).is_dir() else (resumed / p).unlink()
+    out = torchrun(*train_args(resumed, *tp_args, "resume=auto"), timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    _same_run(metrics(resumed), metrics(tp))
+
+
+def test_torchrun_vllm_gap_above_threshold_stops_every_rank(tmp_path):
+    from tests.test_distributed import torchrun, train_args
+
+    # No real sync is exact to 1e-12: both ranks must raise (a rank raising alone would leave
+    # the other waiting in a collective until the timeout).
+    out = torchrun(*train_args(tmp_path, "engine=vllm", "engine.max_logprob_gap=1e-12"), timeout=180)
+    assert out.returncode != 0
+    assert out.stderr.count("engine.max_logprob_gap=1e-12") >= 2, out.stderr[-4000:]

@@ -31,6 +31,10 @@ class Engine(Protocol):
         """Per-step engine metrics, e.g. sync/logprob_gap."""
         ...
 
+    def close(self) -> None:
+        """Release the engine (under torchrun: after the last collective of the run)."""
+        ...
+
 
 ENGINES: dict[str, Callable[..., Engine]] = {}
 

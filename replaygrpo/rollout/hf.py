@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from replaygrpo import distributed
 from replaygrpo.forward import PromptBatch, prefill
 from replaygrpo.rollout.engine import register_engine
 from replaygrpo.rollout.types import Completion, SamplingParams
@@ -39,14 +40,18 @@ class HFEngine:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def close(self) -> None:
+        pass
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         per_call = max(1, self.batch_size // params.n)
         out: list[list[Completion]] = []
-        for start in range(0, len(prompts), per_call):
-            out.extend(self._generate_chunk(prompts[start:start + per_call], params))
+        with distributed.full_params(self.model):  # under FSDP2: every token's forward stays local
+            for start in range(0, len(prompts), per_call):
+                out.extend(self._generate_chunk(prompts[start:start + per_call], params))
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:

@@ -27,6 +27,13 @@ After each sync the engine-vs-trainer log-prob gap on a fixed probe batch (mean 
 difference of per-token log-probs at temperature 1) is stored in `last_logprob_gap` (logged
 as `sync/logprob_gap`, see `metrics()`), and a gap above `engine.max_logprob_gap` raises.
 
+Under torchrun each rank's engine runs in vLLM's external-launcher mode on the trainer's
+process group: one engine per rank (data parallel), or one tensor-parallel engine per
+`engine.tensor_parallel_size` consecutive ranks, which gathers the group's prompts so its
+ranks submit the same requests. Weights are gathered from the FSDP2 shards tensor by
+tensor. vLLM's shutdown destroys the process group it joined, so there `reload` re-reads
+the saved files into the running engine instead of rebuilding it. See docs/vllm.md.
+
 Sleep mode (`engine.sleep_mode`, CUDA only): `sleep()` before the update frees the engine's
 GPU memory (level 2: weights and KV cache); the next `sync_weights` wakes it and refills
 the weights. On CPU vLLM has no sleep mode and both calls are no-ops.
@@ -34,6 +41,7 @@ the weights. On CPU vLLM has no sleep mode and both calls are no-ops.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import logging
 import os
@@ -48,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaygrpo import distributed
 from replaygrpo.config import EngineConfig
 from replaygrpo.rollout.engine import register_engine
 from replaygrpo.rollout.types import Completion, SamplingParams
@@ -80,10 +89,12 @@ def _import_vllm() -> Any:
 def weight_chunks(model: torch.nn.Module, dtype: torch.dtype,
                   max_bytes: int = CHUNK_BYTES) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """The state dict as lists of (name, tensor in `dtype`) of at most `max_bytes` each
-    (a single larger tensor is a chunk of its own). Lazy: a chunk is cast when it is reached."""
+    (a single larger tensor is a chunk of its own). Lazy: a chunk is cast when it is reached.
+    Under torchrun the tensors are whole, gathered from the FSDP shards as they are reached,
+    and every rank must walk all chunks."""
     chunk: list[tuple[str, torch.Tensor]] = []
     size = 0
-    for name, t in model.state_dict().items():
+    for name, t in distributed.full_state_items(model):
         nbytes = t.numel() * dtype.itemsize
         if chunk and size + nbytes > max_bytes:
             yield chunk
@@ -132,7 +143,18 @@ class VLLMEngine:
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.chunk_bytes = chunk_bytes
-        self.seed = int(getattr(cfg, "seed", 0) or 0)
+        # Under torchrun each rank runs an engine in vLLM's external-launcher mode; the ranks
+        # of one tensor-parallel group (consecutive ranks) act as one engine and must submit
+        # the same requests with the same seeds, so they share both.
+        self.tp = self.cfg.tensor_parallel_size
+        if self.tp > 1 and not distributed.active():
+            raise ValueError(f"engine.tensor_parallel_size={self.tp} needs torchrun with a multiple of {self.tp} "
+                             "processes: the engine's tensor-parallel ranks are the trainer's ranks")
+        if distributed.world_size() % self.tp:
+            raise ValueError(f"engine.tensor_parallel_size={self.tp} does not divide the {distributed.world_size()} "
+                             "torchrun processes")
+        self.tp_group = distributed.peers(self.tp) if self.tp > 1 else None
+        self.seed = int(getattr(cfg, "seed", 0) or 0) + distributed.rank() // self.tp
         dtype_name = cfg.model.dtype if cfg is not None else next(
             k for k, v in _DTYPES.items() if v == next(model.parameters()).dtype)
         self.dtype_name = dtype_name
@@ -155,7 +177,24 @@ class VLLMEngine:
 
     # --- building ------------------------------------------------------------------------
     def _save(self, model: torch.nn.Module) -> None:
-        model.save_pretrained(self.dir, safe_serialization=True)
+        """The model's config and weights (in the engine dtype, one safetensors file per
+        chunk: bounded memory) into this rank's own directory, for `LLM(model=dir)`."""
+        from safetensors.torch import save_file
+
+        for old in self.dir.glob("*.safetensors"):
+            old.unlink()
+        for i, chunk in enumerate(weight_chunks(model, self.dtype, self.chunk_bytes)):
+            # copy=True: tied weights (Qwen3's embeddings and head) must not share memory in a file
+            save_file({name: t.to("cpu", copy=True).contiguous() for name, t in chunk},
+                      self.dir / f"model-{i:05d}.safetensors")
+        config = copy.deepcopy(model.config)
+        if not config.architectures:  # vLLM picks its model class by this (save_pretrained sets it too);
+            # the first transformers class, as FSDP2 wraps the model's class in one of its own
+            config.architectures = [next(c.__name__ for c in type(model).__mro__
+                                         if c.__module__.startswith("transformers."))]
+        config.save_pretrained(self.dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(self.dir)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(self.dir)
 
@@ -165,6 +204,8 @@ class VLLMEngine:
             skip_tokenizer_init=self.tokenizer is None,  # prompts and outputs are token ids
             logprobs_mode="processed_logprobs", enable_prefix_caching=True,
         )
+        if distributed.active():  # the torchrun ranks are vLLM's ranks; it joins their process group
+            kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=self.tp)
         if self.on_cpu:
             kwargs.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
         else:
@@ -186,11 +227,14 @@ class VLLMEngine:
         del llm, engine
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        cleanup_dist_env_and_memory()
+        cleanup_dist_env_and_memory()  # under torchrun this ends the trainer's process group too
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def close(self) -> None:
-        """Shut the engine down and delete its model files."""
+        """Shut the engine down and delete its model files. Under torchrun, the last
+        collective: vLLM's shutdown destroys the process group it joined."""
         self._shutdown()
         self._cleanup()
 
@@ -204,18 +248,26 @@ class VLLMEngine:
             detokenize=False, skip_special_tokens=False)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        self.wake_up()
+        # One seed per prompt (vLLM gives the n samples seed + j): a single call-wide seed
+        # would share the sampling noise across prompts.
+        rng = random.Random(params.seed)
+        seeds = [None if params.seed is None else rng.randrange(2**31) for _ in prompts]
+        if self.tp_group is None:
+            return self._generate(prompts, seeds, params)
+        # Tensor parallel: every rank of the group runs the group's prompts, then keeps its own.
+        shares = distributed.gather_in(self.tp_group, (prompts, seeds))
+        start = sum(len(p) for p, _ in shares[:distributed.rank() % self.tp])
+        groups = self._generate([p for ps, _ in shares for p in ps], [s for _, ss in shares for s in ss], params)
+        return groups[start:start + len(prompts)]
+
+    def _generate(self, prompts: list[list[int]], seeds: list[int | None],
+                  params: SamplingParams) -> list[list[Completion]]:
         if not prompts:
             return []
-        self.wake_up()
         from vllm.inputs import TokensPrompt
 
-        if params.seed is None:
-            sps: Any = self._sampling_params(params, None)
-        else:
-            # One seed per prompt (vLLM gives the n samples seed + j): a single call-wide seed
-            # would share the sampling noise across prompts.
-            rng = random.Random(params.seed)
-            sps = [self._sampling_params(params, rng.randrange(2**31)) for _ in prompts]
+        sps = [self._sampling_params(params, seed) for seed in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sps, use_tqdm=False)
         greedy = params.temperature == 0
         groups: list[list[Completion]] = []
@@ -242,19 +294,27 @@ class VLLMEngine:
     # --- weight sync ---------------------------------------------------------------------
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from `model`'s weights, then check the log-prob gap."""
-        if self.cfg.sync == "inplace":
-            if self.asleep:
-                self.llm.wake_up(tags=["weights"])
-            self._load_inplace(model)
-            if self.asleep:
-                self.llm.wake_up(tags=["kv_cache"])
-                self.asleep = False
-            self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
-        else:
+        if self.cfg.sync == "reload" and not distributed.active():
             self._shutdown()
             self._save(model)
             self.llm = self._build()
             self.asleep = False
+        else:
+            if self.asleep:
+                self.llm.wake_up(tags=["weights"])
+            if self.cfg.sync == "inplace":
+                self._load_inplace(model)
+            else:
+                # Under torchrun a rebuild is not possible (vLLM's shutdown ends the process
+                # group it shares with the trainer): the engine re-reads the saved files
+                # through vLLM's own loader instead.
+                self._save(model)
+                self.llm.collective_rpc("reload_weights", kwargs=dict(
+                    weights_path=str(self.dir), is_checkpoint_format=True))
+            if self.asleep:
+                self.llm.wake_up(tags=["kv_cache"])
+                self.asleep = False
+            self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
         self.syncs += 1
         self._check(model)
 
@@ -309,10 +369,12 @@ class VLLMEngine:
         try:
             with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
+                # padded: one forward whatever the batch, as a sharded model needs on every rank
                 return score(model, [torch.tensor(s[:1]) for s in seqs], [torch.tensor(s[1:]) for s in seqs],
-                             self.pad)
+                             self.pad, layout="padded")
         finally:
             model.train(was_training)
+            distributed.reshard(model)
 
     def logprob_gap(self, model: torch.nn.Module, seqs: list[list[int]] | None = None) -> float:
         """Mean |engine - trainer| per-token log-prob over the probe batch."""
@@ -322,7 +384,9 @@ class VLLMEngine:
         return float((eng - trn).abs().mean())
 
     def _check(self, model: torch.nn.Module) -> None:
-        gap = self.logprob_gap(model)
+        # The largest gap over the ranks: all of them must decide alike, or the others would
+        # wait forever for the one that raised.
+        gap = max(distributed.gather(self.logprob_gap(model)))
         self.last_logprob_gap = gap
         log.debug("vLLM sync %d: logprob gap %.3g", self.syncs, gap)
         if not gap <= self.cfg.max_logprob_gap:
