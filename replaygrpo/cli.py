@@ -60,9 +60,12 @@ def _train_app(dcfg: DictConfig) -> float | None:
     from replaygrpo.report.sweep import run_headline
     from replaygrpo.train import train
 
+    from replaygrpo import distributed
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
+    distributed.env_from_submitit()  # a SLURM job of N tasks trains as torchrun's N processes
     try:
         cfg = to_config(dcfg)
         summary = train(cfg, run_dir)

@@ -200,7 +200,9 @@ class EvalConfig:
     template: str = "qwen_math"
     """Prompt template for the benchmarks."""
     batch_size: int = 64
-    """Prompts per generate call."""
+    """Prompts per generate call (with vLLM, its scheduling window: make it large)."""
+    engine: str = "hf"
+    """hf, or vllm (one process, one GPU; takes engine.gpu_memory_utilization)."""
     grader_workers: int = 2
     """Grading worker processes (0 = in-process)."""
     grade_timeout: float = 5.0
@@ -337,6 +339,7 @@ def validate(cfg: Config) -> Config:
     _require(e.max_logprob_gap >= 0, "engine.max_logprob_gap", e.max_logprob_gap, "a float >= 0")
     _require(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization",
              e.gpu_memory_utilization, "a float in (0, 1)")
+    _require(cfg.eval.engine in ("hf", "vllm"), "eval.engine", cfg.eval.engine, "hf or vllm")
     _require(cfg.eval.temperature >= 0, "eval.temperature", cfg.eval.temperature, "a float >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")

@@ -41,8 +41,22 @@ def init(device: torch.device) -> None:
         logging.getLogger("replaygrpo").setLevel(logging.WARNING)  # rank 0 tells the story
 
 
+def env_from_submitit() -> None:
+    """In a submitit job of several tasks (hydra/launcher=slurm or slurm_local with
+    tasks_per_node > 1), set torchrun's variables from the job's, so that its tasks form one
+    process group exactly as torchrun's processes do. Elsewhere, nothing."""
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        # CUDA_VISIBLE_DEVICES stays as SLURM set it: `init` picks the device by LOCAL_RANK, as vLLM does
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def close() -> None:
-    if dist.is_initialized():
+    if active():  # ours; a one-process group belongs to whoever made it (a vLLM engine)
         dist.destroy_process_group()
 
 

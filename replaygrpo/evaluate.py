@@ -280,13 +280,24 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
         model, tok = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.device, cfg.model.tokenizer,
                                 cfg.model.attn_implementation)
         eos = end_of_text_id(model, tok)
-        engine = build_engine("hf", model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                              batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos))
+        kw: dict[str, Any] = {}
+        if cfg.eval.engine == "vllm":  # one process: no tensor parallelism whatever training used
+            kw = dict(cfg=dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, tensor_parallel_size=1)),
+                      tokenizer=tok)
+        engine = build_engine(cfg.eval.engine, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                              batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos), **kw)
+        if cfg.eval.engine == "vllm":
+            import torch
+
+            del model  # the engine holds its own copy of the weights
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns) as progress:
             for name, items in todo.items():
                 if items:
                     _generate_benchmark(name, items, out / f"{name}.jsonl", cfg, engine, tok, pool, progress)
+        engine.close()
 
 
 # ---------------------------------------------------------------- regrade

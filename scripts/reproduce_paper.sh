@@ -14,6 +14,8 @@
 #   PARTITION   SLURM partition (default: the cluster's default); see conf/hydra/launcher/slurm.yaml
 #   DRY_RUN=1   same as --dry-run
 #   STEPS       steps assumed for the estimate when a preset does not set trainer.steps (default 500)
+#   GPUS_0_6B, GPUS_1_7B, GPUS_4B   GPUs (= SLURM tasks, FSDP2 ranks) per job (default 1, 1, 2:
+#               float32 weights, gradients and AdamW states take 16 B/param, ~64 GB at 4B)
 #
 # One `replaygrpo train --multirun hydra/launcher=slurm` per size is started in the
 # background: each submits one SLURM array and waits for it, so run this script inside tmux
@@ -22,13 +24,14 @@
 # run stop at once with an error (their earlier results stay). Pass resume=auto to
 # continue interrupted runs from their checkpoints.
 #
-# GPU-hour estimate per job (one GPU per job; the trainer is single-process):
+# Estimate per job (wall-clock hours; GPU-hours = hours x the job's GPUs):
 #   hours = steps x s/step x method factor / 3600 + eval hours
-#   s/step, GRPO, one H100 with vLLM: 0.6b 30 s, 1.7b 60 s, 4b 120 s (128 prompts x 8
+#   s/step, GRPO, with vLLM on the job's GPUs: 0.6b 30 s, 1.7b 60 s, 4b 120 s (128 prompts x 8
 #     completions of up to ~3k tokens: generation dominates and grows with model size);
 #   method factor 1.25 for replay and naive_replay (replay_ratio 1 adds as many replayed
 #     rollouts as fresh ones to the update, ~half of the step; generation is unchanged);
-#   eval after training (5 benchmarks, greedy, 2048 tokens): 0.6b 0.3 h, 1.7b 0.5 h, 4b 1.0 h.
+#   eval after training on one GPU with vLLM (5 benchmarks, 1,517 problems x 4 samples of up
+#     to 8,192 tokens): 0.6b 0.5 h, 1.7b 1.0 h, 4b 2.0 h.
 # These are planning numbers, not measurements: correct them with your first finished
 # run's median time/step (`replaygrpo table <sweep> --by experiment` shows it). The SLURM
 # time limit per size is 1.5x its slowest job's estimate.
@@ -46,7 +49,8 @@ METHODS=(grpo naive_replay replay)
 if command -v replaygrpo >/dev/null; then RG=replaygrpo; else RG=.venv/bin/replaygrpo; fi
 
 sec_per_step() { case "$1" in 0.6b) echo 30 ;; 1.7b) echo 60 ;; 4b) echo 120 ;; *) echo "unknown size $1" >&2; exit 2 ;; esac; }
-eval_hours() { case "$1" in 0.6b) echo 0.3 ;; 1.7b) echo 0.5 ;; 4b) echo 1.0 ;; esac; }
+eval_hours() { case "$1" in 0.6b) echo 0.5 ;; 1.7b) echo 1.0 ;; 4b) echo 2.0 ;; esac; }
+gpus() { case "$1" in 0.6b) echo "${GPUS_0_6B:-1}" ;; 1.7b) echo "${GPUS_1_7B:-1}" ;; 4b) echo "${GPUS_4B:-2}" ;; esac; }
 factor() { [ "$1" = grpo ] && echo 1.0 || echo 1.25; }
 
 # trainer.steps of a preset when it sets it directly, else $STEPS (marked "assumed").
@@ -71,9 +75,9 @@ for size in $SIZES; do
     hours=$(job_hours "$size" "$method" "$steps")
     slowest=$(awk -v a="$slowest" -v b="$hours" 'BEGIN { print (b > a ? b : a) }')
     for seed in "${SEED_LIST[@]}"; do
-      printf 'job %-5s %-13s seed=%-3s steps=%-4s%-8s %5s GPU-h  %s train experiment=paper_%s_%s seed=%s eval_after_train=true\n' \
-        "$size" "$method" "$seed" "$steps" "${note:+ ($note)}" "$hours" "$RG" "$size" "$method" "$seed"
-      total=$(awk -v a="$total" -v b="$hours" 'BEGIN { printf "%.1f", a + b }')
+      printf 'job %-5s %-13s seed=%-3s steps=%-4s%-8s %5s h x %s GPU  %s train experiment=paper_%s_%s seed=%s eval_after_train=true\n' \
+        "$size" "$method" "$seed" "$steps" "${note:+ ($note)}" "$hours" "$(gpus "$size")" "$RG" "$size" "$method" "$seed"
+      total=$(awk -v a="$total" -v b="$hours" -v g="$(gpus "$size")" 'BEGIN { printf "%.1f", a + b * g }')
     done
   done
   TIMEOUT[$size]=$(awk -v h="$slowest" 'BEGIN { printf "%d", h * 1.5 * 60 + 0.999 }')
@@ -85,6 +89,7 @@ launch_args() {  # size -> the array LAUNCH (kept an array so extra args may hol
   local size="$1" presets
   presets=$(printf "paper_${size}_%s," "${METHODS[@]}")
   LAUNCH=("$RG" train --multirun hydra/launcher=slurm "hydra.launcher.timeout_min=${TIMEOUT[$size]}"
+          "hydra.launcher.gpus_per_node=$(gpus "$size")" "hydra.launcher.tasks_per_node=$(gpus "$size")"
           ${PARTITION:+"hydra.launcher.partition=$PARTITION"} "hydra.sweep.dir=$SWEEP_ROOT/$size"
           "experiment=${presets%,}" "seed=$SEEDS" eval_after_train=true ${EXTRA[@]+"${EXTRA[@]}"})
 }

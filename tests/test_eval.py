@@ -170,6 +170,9 @@ def test_grading_and_stop_truncation_with_a_scripted_engine(toy_model_dir: Path,
                 out.append([Completion(new, torch.zeros(len(new)), "length")])
             return out
 
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(engine_mod, "build_engine", lambda *a, **kw: Scripted())
     results = run_eval(_cfg(toy_model_dir, tmp_path / "eval", ["toy"], limit=3, k=1))
     assert results["benchmarks"]["toy"]["accuracy"] == 1.0

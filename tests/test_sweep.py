@@ -223,3 +223,23 @@ def test_submitit_local_runs_two_jobs(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["train", "--multirun", *args])
     assert out.exit_code == 0, out.output
     assert [r.status for r in collect_runs(sweep)] == ["finished", "finished"]
+
+
+@pytest.mark.slow
+def test_submitit_job_of_two_tasks_trains_as_two_processes(tmp_path: Path) -> None:
+    """hydra/launcher=slurm with tasks_per_node=N (one task per GPU) runs one job as N ranks."""
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip("hydra-submitit-launcher is not installed (pip install -e '.[cluster]')")
+    from replaygrpo.cli import app
+
+    sweep = tmp_path / "sweep"
+    args = toy_overrides("hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
+                         "hydra.launcher.timeout_min=10", "method=replay", "checkpoint.every=1", "seed=0",
+                         f"hydra.sweep.dir={sweep}")
+    out = CliRunner().invoke(app, ["train", "--multirun", *args])
+    assert out.exit_code == 0, out.output
+    [run] = collect_runs(sweep)
+    assert run.status == "finished"
+    # Each rank kept its own replay buffer: the job ran as two processes of one group.
+    ckpt = run.path / "checkpoints" / "step-00000001"
+    assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors"} <= {p.name for p in ckpt.iterdir()}

@@ -224,3 +224,34 @@ def test_torchrun_vllm_gap_above_threshold_stops_every_rank(tmp_path):
     out = torchrun(*train_args(tmp_path, "engine=vllm", "engine.max_logprob_gap=1e-12"), timeout=180)
     assert out.returncode != 0
     assert out.stderr.count("engine.max_logprob_gap=1e-12") >= 2, out.stderr[-4000:]
+
+
+def test_eval_with_vllm_matches_the_hf_engine(tmp_path):
+    """`eval.engine=vllm`: greedy responses, grades and summaries equal the HF engine's.
+    In a process of its own: vLLM's global state allows one engine per process, and this
+    module's fixture holds one."""
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from replaygrpo.cli import app
+    from tests.conftest import toy_overrides
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}", "trainer.steps=1")]).exit_code == 0
+    records = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        res = subprocess.run([sys.executable, "-m", "replaygrpo", "eval", f"model.name_or_path={run}",
+                              f"eval.out={out}", f"eval.engine={engine}", "eval.benchmarks=[toy]", "eval.limit=24",
+                              "eval.max_new_tokens=8", "model.dtype=float32", f"hydra.run.dir={tmp_path / engine}h"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-4000:]
+        records[engine] = sorted((r["problem_id"], r["response"], r["correct"], r["tokens"]) for r in map(
+            json.loads, (out / "toy.jsonl").read_text().splitlines()))
+        records[engine + "_summary"] = json.loads((out / "results.json").read_text())["benchmarks"]
+    assert len(records["hf"]) == 24 and records["vllm"] == records["hf"]
+    assert records["vllm_summary"] == records["hf_summary"]
+    assert any(c for _, _, c, _ in records["hf"])  # the warm-started toy model gets some right
