@@ -13,6 +13,7 @@ Nothing here is a distributed layer of its own: torch.distributed collectives, F
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ def env_from_submitit() -> None:
 
 def close() -> None:
     if active():  # ours; a one-process group belongs to whoever made it (a vLLM engine)
+        dist.barrier()  # no collective of any rank still in flight when the group goes
+        gc.collect()  # nor a sharded module whose hooks still hold the group's tensors
         dist.destroy_process_group()
 
 
