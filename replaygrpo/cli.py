@@ -57,10 +57,9 @@ def fail(message: str, code: int = 2) -> None:
 def _train_app(dcfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
+    from replaygrpo import distributed
     from replaygrpo.report.sweep import run_headline
     from replaygrpo.train import train
-
-    from replaygrpo import distributed
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -84,7 +83,9 @@ def _train_app(dcfg: DictConfig) -> float | None:
             fail(str(err))
         known = isinstance(err, _user_errors())
         (run_dir / ".failed").write_text(f"{type(err).__name__}: {err}\n")
-        if not sweeping:
+        # One rank of several must not return quietly: its peers would wait in their next
+        # collective until the timeout. Its non-zero exit ends the job (SLURM_KILL_BAD_EXIT).
+        if not sweeping or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if known:
                 fail(str(err))
             raise
@@ -110,12 +111,26 @@ def validate_sweep(args: list[str]) -> int:
         return 0  # another sweeper chooses its own jobs
     parsed = OverridesParser.create().parse_overrides(overrides)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        for job in jobs:
-            try:
-                to_config(compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")]))
-            except Exception as err:  # noqa: BLE001
-                fail(f"sweep job [{' '.join(job)}] is invalid, no job was started: {str(err).strip()}")
+    # A launcher job of several tasks runs as that many ranks: validate for that world size.
+    world = 1
+    for key in ("hydra.launcher.nodes=", "hydra.launcher.tasks_per_node="):
+        value = next((o[len(key):] for o in overrides if o.startswith(key)), "1")
+        world *= int(value) if value.isdigit() else 1
+    saved = os.environ.get("WORLD_SIZE")
+    if world > 1:
+        os.environ["WORLD_SIZE"] = str(world)
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            for job in jobs:
+                try:
+                    to_config(compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")]))
+                except Exception as err:  # noqa: BLE001
+                    fail(f"sweep job [{' '.join(job)}] is invalid, no job was started: {str(err).strip()}")
+    finally:
+        if saved is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = saved
     return len(jobs)
 
 

@@ -347,6 +347,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         tok.save_pretrained(final)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     distributed.barrier()  # the final model exists before any rank returns
+    distributed.quiesce()  # a vLLM engine's close ends the process group too
     engine.close()
     distributed.close()
     return summary

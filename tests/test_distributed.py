@@ -10,6 +10,7 @@ instead of summed) shows in the parameters.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -267,3 +268,11 @@ def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
+
+
+def test_the_post_sync_check_sees_any_ranks_nan():
+    from replaygrpo.rollout.vllm_engine import worst_gap  # vLLM itself is imported only by the engine
+
+    assert worst_gap([1e-6, 3e-6]) == 3e-6
+    assert math.isnan(worst_gap([1e-6, math.nan])) and math.isnan(worst_gap([math.nan, 1e-6]))
+    assert not worst_gap([1e-6, math.nan]) <= 0.5  # so the engine's check raises on every rank

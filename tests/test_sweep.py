@@ -243,3 +243,18 @@ def test_submitit_job_of_two_tasks_trains_as_two_processes(tmp_path: Path) -> No
     # Each rank kept its own replay buffer: the job ran as two processes of one group.
     ckpt = run.path / "checkpoints" / "step-00000001"
     assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors"} <= {p.name for p in ckpt.iterdir()}
+
+
+def test_sweep_validation_counts_a_jobs_tasks_as_ranks(monkeypatch) -> None:
+    """A job of N launcher tasks runs as N ranks: its config is checked for that world size
+    before anything is submitted (and the launching process's environment is left alone)."""
+    from replaygrpo.cli import validate_sweep
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    tp2 = ["engine=vllm", "engine.tensor_parallel_size=2", "trainer.prompts_per_step=4", "seed=0,1"]
+    assert validate_sweep(["hydra.launcher.tasks_per_node=2", *tp2]) == 2
+    with pytest.raises(SystemExit):  # one task: no second rank for the engine's TP group
+        validate_sweep(tp2)
+    with pytest.raises(SystemExit):  # 3 ranks cannot share 4 prompts
+        validate_sweep(["hydra.launcher.tasks_per_node=3", "trainer.prompts_per_step=4", "seed=0,1"])
+    assert "WORLD_SIZE" not in os.environ

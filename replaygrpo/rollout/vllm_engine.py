@@ -44,6 +44,7 @@ import contextlib
 import copy
 import gc
 import logging
+import math
 import os
 import random
 import shutil
@@ -103,6 +104,11 @@ def weight_chunks(model: torch.nn.Module, dtype: torch.dtype,
         size += nbytes
     if chunk:
         yield chunk
+
+
+def worst_gap(gaps: list[float]) -> float:
+    """The largest of the ranks' gaps, NaN if any is NaN (`max` would hide a NaN not first)."""
+    return math.nan if any(math.isnan(g) for g in gaps) else max(gaps)
 
 
 @contextlib.contextmanager
@@ -384,9 +390,9 @@ class VLLMEngine:
         return float((eng - trn).abs().mean())
 
     def _check(self, model: torch.nn.Module) -> None:
-        # The largest gap over the ranks: all of them must decide alike, or the others would
+        # The worst gap over the ranks: all of them must decide alike, or the others would
         # wait forever for the one that raised.
-        gap = max(distributed.gather(self.logprob_gap(model)))
+        gap = worst_gap(distributed.gather(self.logprob_gap(model)))
         self.last_logprob_gap = gap
         log.debug("vLLM sync %d: logprob gap %.3g", self.syncs, gap)
         if not gap <= self.cfg.max_logprob_gap:
@@ -394,7 +400,7 @@ class VLLMEngine:
                 f"vLLM engine and trainer disagree after weight sync {self.syncs} (engine.sync={self.cfg.sync}): "
                 f"mean |log-prob gap| {gap:.4g} on the probe batch is above engine.max_logprob_gap="
                 f"{self.cfg.max_logprob_gap}. The engine is not sampling from the trained weights"
-                + ("; try engine.sync=reload." if self.cfg.sync == "inplace"
+                + ("; try engine.sync=reload." if self.cfg.sync == "inplace" and not distributed.active()
                    else "; check model.dtype and the model's config."))
 
     def metrics(self) -> dict[str, float]:
