@@ -102,6 +102,8 @@ def _train_app(dcfg: DictConfig) -> float | None:
 
 def validate_sweep(args: list[str]) -> int:
     """Compose and validate every job of a basic-sweeper multirun before any starts; returns the job count."""
+    from unittest.mock import patch
+
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -116,21 +118,13 @@ def validate_sweep(args: list[str]) -> int:
     for key in ("hydra.launcher.nodes=", "hydra.launcher.tasks_per_node="):
         value = next((o[len(key):] for o in overrides if o.startswith(key)), "1")
         world *= int(value) if value.isdigit() else 1
-    saved = os.environ.get("WORLD_SIZE")
-    if world > 1:
-        os.environ["WORLD_SIZE"] = str(world)
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-            for job in jobs:
-                try:
-                    to_config(compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")]))
-                except Exception as err:  # noqa: BLE001
-                    fail(f"sweep job [{' '.join(job)}] is invalid, no job was started: {str(err).strip()}")
-    finally:
-        if saved is None:
-            os.environ.pop("WORLD_SIZE", None)
-        else:
-            os.environ["WORLD_SIZE"] = saved
+    with patch.dict(os.environ, {"WORLD_SIZE": str(world)} if world > 1 else {}), \
+            initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        for job in jobs:
+            try:
+                to_config(compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")]))
+            except Exception as err:  # noqa: BLE001
+                fail(f"sweep job [{' '.join(job)}] is invalid, no job was started: {str(err).strip()}")
     return len(jobs)
 
 

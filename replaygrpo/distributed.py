@@ -102,12 +102,13 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank (small objects: per-step stats)."""
+def gather(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's `obj` (or every member's of `group`), in rank order, on every rank
+    (small objects: per-step stats)."""
     if not active():
         return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 
@@ -116,13 +117,6 @@ def peers(size: int) -> Any:
     r a multiple of `size`): a vLLM tensor-parallel group. A collective: every rank calls it."""
     group, _ = dist.new_subgroups(group_size=size)
     return group
-
-
-def gather_in(group: Any, obj: Any) -> list[Any]:
-    """Every member's `obj`, in rank order, on every member of `group`."""
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
 
 
 def my_share(items: list[Any]) -> list[Any]:

@@ -270,6 +270,7 @@ def run_eval(cfg: Config) -> dict[str, Any]:
 
 
 def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, int]]]) -> None:
+    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from replaygrpo.model import end_of_text_id, load_model
@@ -286,12 +287,9 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
                       tokenizer=tok)
         engine = build_engine(cfg.eval.engine, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
                               batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos), **kw)
-        if cfg.eval.engine == "vllm":
-            import torch
-
-            del model  # the engine holds its own copy of the weights
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        del model  # a vLLM engine holds its own copy of the weights (the HF engine keeps this one)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns) as progress:
             for name, items in todo.items():

@@ -346,8 +346,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         model.save_pretrained(final, state_dict=weights)
         tok.save_pretrained(final)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    distributed.barrier()  # the final model exists before any rank returns
-    distributed.quiesce()  # a vLLM engine's close ends the process group too
+    # The final model exists before any rank returns, and nothing is in flight when the
+    # engine closes (a vLLM engine's close ends the process group too).
+    distributed.quiesce()
     engine.close()
     distributed.close()
     return summary

@@ -152,13 +152,8 @@ class VLLMEngine:
         # Under torchrun each rank runs an engine in vLLM's external-launcher mode; the ranks
         # of one tensor-parallel group (consecutive ranks) act as one engine and must submit
         # the same requests with the same seeds, so they share both.
+        # (config.validate checks that it divides the torchrun processes.)
         self.tp = self.cfg.tensor_parallel_size
-        if self.tp > 1 and not distributed.active():
-            raise ValueError(f"engine.tensor_parallel_size={self.tp} needs torchrun with a multiple of {self.tp} "
-                             "processes: the engine's tensor-parallel ranks are the trainer's ranks")
-        if distributed.world_size() % self.tp:
-            raise ValueError(f"engine.tensor_parallel_size={self.tp} does not divide the {distributed.world_size()} "
-                             "torchrun processes")
         self.tp_group = distributed.peers(self.tp) if self.tp > 1 else None
         self.seed = int(getattr(cfg, "seed", 0) or 0) + distributed.rank() // self.tp
         dtype_name = cfg.model.dtype if cfg is not None else next(
@@ -187,8 +182,6 @@ class VLLMEngine:
         chunk: bounded memory) into this rank's own directory, for `LLM(model=dir)`."""
         from safetensors.torch import save_file
 
-        for old in self.dir.glob("*.safetensors"):
-            old.unlink()
         for i, chunk in enumerate(weight_chunks(model, self.dtype, self.chunk_bytes)):
             # copy=True: tied weights (Qwen3's embeddings and head) must not share memory in a file
             save_file({name: t.to("cpu", copy=True).contiguous() for name, t in chunk},
@@ -262,7 +255,7 @@ class VLLMEngine:
         if self.tp_group is None:
             return self._generate(prompts, seeds, params)
         # Tensor parallel: every rank of the group runs the group's prompts, then keeps its own.
-        shares = distributed.gather_in(self.tp_group, (prompts, seeds))
+        shares = distributed.gather((prompts, seeds), self.tp_group)
         start = sum(len(p) for p, _ in shares[:distributed.rank() % self.tp])
         groups = self._generate([p for ps, _ in shares for p in ps], [s for _, ss in shares for s in ss], params)
         return groups[start:start + len(prompts)]
