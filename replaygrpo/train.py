@@ -43,7 +43,7 @@ from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_de
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
-from replaygrpo.rollout.types import Rollout, SamplingParams
+from replaygrpo.records import Rollout, SamplingParams
 from replaygrpo.sampler import PromptSampler
 from replaygrpo.update import update_step
 

@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 from replaygrpo import distributed
 from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs, right_pad
 from replaygrpo.grpo import policy_loss
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 
 @dataclass

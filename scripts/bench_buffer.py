@@ -19,7 +19,7 @@ import time
 import torch
 
 from replaygrpo.replay import ReplayBuffer
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 BATCH, GROUP, C, P = 1024, 8, 1000, 64
 

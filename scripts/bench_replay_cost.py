@@ -97,7 +97,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     from replaygrpo.model import end_of_text_id
     from replaygrpo.replay import ReplayBuffer, compose_batch
     from replaygrpo.rollout.engine import build_engine
-    from replaygrpo.rollout.types import Rollout, SamplingParams
+    from replaygrpo.records import Rollout, SamplingParams
     from replaygrpo.train import load_policy, seed_everything
     from replaygrpo.update import update_step
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from replaygrpo.cli import app
 from replaygrpo.config import Config
 from replaygrpo.model import ModelLoadError, resolve_model_path
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 from replaygrpo.toymodel import build_model, build_tokenizer
 from replaygrpo.update import update_step
 from tests.conftest import toy_overrides

@@ -57,7 +57,7 @@ def tiny_model(kl: bool, grad_ckpt: bool = False):
 
 def fixed_batch():
     """10 rollouts: 6 fresh then 4 replayed (ages 1-2, stored log-probs that make ratios != 1)."""
-    from replaygrpo.rollout.types import Rollout
+    from replaygrpo.records import Rollout
 
     g = torch.Generator().manual_seed(1)
     out = []
@@ -89,7 +89,7 @@ def worker(out_dir: Path) -> None:
 
     from replaygrpo import distributed
     from replaygrpo.rollout.hf import HFEngine
-    from replaygrpo.rollout.types import SamplingParams
+    from replaygrpo.records import SamplingParams
 
     distributed.init(torch.device("cpu"))
     rank = distributed.rank()

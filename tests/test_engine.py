@@ -6,7 +6,7 @@ import torch
 
 from replaygrpo.config import Config
 from replaygrpo.rollout.hf import HFEngine
-from replaygrpo.rollout.types import SamplingParams
+from replaygrpo.records import SamplingParams
 from replaygrpo.toymodel import build_model, build_tokenizer
 from replaygrpo.forward import score
 

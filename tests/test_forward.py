@@ -8,7 +8,7 @@ import torch
 
 from replaygrpo.config import Config
 from replaygrpo.forward import LAYOUTS, CompletionBatch, choose_layout, completion_logprobs
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 from replaygrpo.toymodel import build_model, build_tokenizer
 from replaygrpo.update import micro_batches, update_step
 

@@ -28,7 +28,7 @@ from replaygrpo.replay import (
 )
 from replaygrpo.replay.buffer import _draw
 from replaygrpo.replay.storage import segment_ids
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 FLOOR = 1e-6
 ADVANTAGES = [0.0, 0.0, 1e-3, 0.5, -0.5, 1.0, -1.5, 2.0]

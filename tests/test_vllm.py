@@ -17,7 +17,7 @@ pytest.importorskip("vllm")
 from replaygrpo.config import Config  # noqa: E402
 from replaygrpo.rollout.engine import build_engine  # noqa: E402
 from replaygrpo.rollout.hf import HFEngine  # noqa: E402
-from replaygrpo.rollout.types import SamplingParams  # noqa: E402
+from replaygrpo.records import SamplingParams  # noqa: E402
 from replaygrpo.rollout.vllm_engine import VLLMEngine, weight_chunks  # noqa: E402
 from replaygrpo.toymodel import build_model, build_tokenizer  # noqa: E402
 from replaygrpo.forward import score  # noqa: E402

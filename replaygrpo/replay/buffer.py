@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from replaygrpo.replay.storage import RolloutStore, segment_ids
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 _advantage = attrgetter("advantage")
 

@@ -15,7 +15,7 @@ import math
 import torch
 
 from replaygrpo.replay.buffer import BaseReplayBuffer
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 
 def num_replay(n_fresh: int, replay_ratio: float) -> int:

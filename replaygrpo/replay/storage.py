@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from replaygrpo.rollout.types import Rollout
+from replaygrpo.records import Rollout
 
 # Per-slot columns. int64 everywhere keeps indexing simple; at ~100 bytes a rollout
 # this is ~0.1 byte per token for 1,000-token completions.

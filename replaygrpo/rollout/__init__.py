@@ -1,4 +1,4 @@
 """Rollout records and generation engines."""
-from replaygrpo.rollout.types import Completion, Rollout, SamplingParams
+from replaygrpo.records import Completion, Rollout, SamplingParams
 
 __all__ = ["Completion", "Rollout", "SamplingParams"]

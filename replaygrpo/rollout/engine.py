@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from replaygrpo.rollout.types import Completion, SamplingParams
+from replaygrpo.records import Completion, SamplingParams
 
 
 class Engine(Protocol):

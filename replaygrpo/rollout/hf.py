@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from replaygrpo import distributed
 from replaygrpo.forward import PromptBatch, prefill
 from replaygrpo.rollout.engine import register_engine
-from replaygrpo.rollout.types import Completion, SamplingParams
+from replaygrpo.records import Completion, SamplingParams
 
 
 @register_engine("hf")

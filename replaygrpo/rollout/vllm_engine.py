@@ -60,7 +60,7 @@ import torch
 from replaygrpo import distributed
 from replaygrpo.config import EngineConfig
 from replaygrpo.rollout.engine import register_engine
-from replaygrpo.rollout.types import Completion, SamplingParams
+from replaygrpo.records import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
 
