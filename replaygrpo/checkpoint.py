@@ -30,10 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
-from replaygrpo.report import flatten
+from replaygrpo.config import RESUMABLE_KEYS, Config, flatten, key_matches
 
 if TYPE_CHECKING:
-    from replaygrpo.config import Config
     from replaygrpo.replay.buffer import BaseReplayBuffer
     from replaygrpo.sampler import PromptSampler
 
@@ -41,10 +40,6 @@ log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
-# Keys that may change between a run and its resumption (the last three change a step's cost, not its values).
-RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
-                  "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
-                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")
 
 
 class CheckpointError(RuntimeError):
@@ -98,12 +93,10 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[st
 
     A key the saved config lacks (written before the key existed) reads as its default.
     """
-    from replaygrpo.config import Config
-
     a = flatten(asdict(Config())) | flatten(saved)
     b = flatten(current)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_KEYS)}
+            if a.get(k) != b.get(k) and not key_matches(k, RESUMABLE_KEYS)}
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -17,7 +17,7 @@ import typer
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from replaygrpo.config import ConfigError, register_configs, to_config
+from replaygrpo.config import Config, ConfigError, register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -29,6 +29,13 @@ config_app = typer.Typer(help="Inspect the composed config.", no_args_is_help=Tr
 app.add_typer(config_app, name="config")
 register_configs()
 log = logging.getLogger("replaygrpo")
+
+
+def to_config(dcfg: DictConfig) -> Config:
+    """The schema's checks, then the registered variants' (imported here: they load torch)."""
+    from replaygrpo.variants import load_config
+
+    return load_config(dcfg)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

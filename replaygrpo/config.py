@@ -3,6 +3,11 @@
 Each field is documented once, right under it. YAML groups in conf/ fill these nodes;
 Hydra rejects unknown keys and ill-typed values, and `validate` checks ranges and
 cross-field rules with an error that names the key, the bad value and what is allowed.
+
+The bottom of the import graph: this module imports no loader and no registry. Keys whose
+values name a registered variant (`method.name`, `engine.name`, `loss.agg`, `loss.adv_scale`,
+the prompt templates, the toy levels) are checked where they are looked up, by
+`replaygrpo.variants.resolve`, which the CLI runs right after `to_config`.
 """
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
-class ConfigError(ValueError):
-    """A config value is out of range or inconsistent; the message names the key."""
+from replaygrpo.registry import ConfigError
+
+__all__ = ["Config", "ConfigError", "register_configs", "to_config", "validate"]
 
 
 @dataclass
@@ -251,6 +257,32 @@ class Config:
     """Allow training into a run dir that already holds a finished run."""
 
 
+# Lists of config keys other modules act on, kept here beside the schema. A pattern ending
+# in "." covers every key under it.
+RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
+                  "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
+                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")
+"""Keys that may change between a run and its resumption (the last three change a step's cost, not its values)."""
+BOOKKEEPING_KEYS = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.",
+                    "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
+"""Keys that do not make a different method: runs differing only in these are seeds of one row (report)."""
+
+
+def key_matches(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the dotted `key` is one of `patterns` or under one ending in "."."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
@@ -258,12 +290,8 @@ def register_configs() -> None:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
     "data.name": ("toy", "math_train", "dapo_math"),
-    "engine.name": ("hf", "vllm"),
     "engine.sync": ("inplace", "reload"),
-    "loss.agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
-    "loss.adv_scale": ("std", "none"),
     "loss.old_logprobs": ("trainer", "engine"),
-    "method.name": ("grpo", "replay", "naive_replay"),
     "replay.unit": ("rollout", "group"),
     "trainer.update_layout": ("auto", "shared_prefix", "packed", "padded"),
     "device": ("auto", "cpu", "cuda"),
@@ -287,10 +315,6 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         _require(value in allowed, key, value, "one of " + ", ".join(allowed))
-    from replaygrpo.data.prompts import TEMPLATES  # local: data imports config-free modules only
-
-    for key in ("data.template", "eval.template"):
-        _require(_get(cfg, key) in TEMPLATES, key, _get(cfg, key), "one of " + ", ".join(TEMPLATES))
     t, lo = cfg.trainer, cfg.loss
     for key in ("trainer.steps", "trainer.prompts_per_step", "trainer.micro_batch_tokens",
                 "trainer.eval_size", "trainer.max_bad_steps", "engine.max_new_tokens", "engine.batch_size", "eval.k",
@@ -307,8 +331,6 @@ def validate(cfg: Config) -> Config:
              f"a multiple of the number of processes ({world}, torchrun's WORLD_SIZE): each rank takes an equal share")
     tp = cfg.engine.tensor_parallel_size
     _require(tp >= 1, "engine.tensor_parallel_size", tp, "an integer >= 1")
-    _require(tp == 1 or cfg.engine.name == "vllm", "engine.tensor_parallel_size", tp,
-             "1 with engine=hf (tensor parallelism is vLLM's)")
     _require(tp == 1 or world % tp == 0 and world > 1, "engine.tensor_parallel_size", tp,
              f"a divisor of the number of torchrun processes ({world}, WORLD_SIZE): the engine's "
              "tensor-parallel ranks are the trainer's ranks (launch with torchrun --nproc_per_node "
@@ -339,7 +361,6 @@ def validate(cfg: Config) -> Config:
     _require(e.max_logprob_gap >= 0, "engine.max_logprob_gap", e.max_logprob_gap, "a float >= 0")
     _require(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization",
              e.gpu_memory_utilization, "a float in (0, 1)")
-    _require(cfg.eval.engine in ("hf", "vllm"), "eval.engine", cfg.eval.engine, "hf or vllm")
     _require(cfg.eval.temperature >= 0, "eval.temperature", cfg.eval.temperature, "a float >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
@@ -347,10 +368,6 @@ def validate(cfg: Config) -> Config:
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")
-    from replaygrpo.data.toy import LEVELS
-
-    for lvl in cfg.data.levels:
-        _require(lvl in LEVELS, "data.levels", list(cfg.data.levels), f"levels from {sorted(LEVELS)}")
     if cfg.data.name == "toy":
         _require(cfg.data.num_train >= t.prompts_per_step, "data.num_train", cfg.data.num_train,
                  "at least trainer.prompts_per_step")

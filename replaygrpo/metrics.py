@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from replaygrpo import distributed
 from replaygrpo.config import Config
+from replaygrpo.records import UpdateBatch
+from replaygrpo.rollout.step import StepRollouts
+from replaygrpo.update import UpdateResult
 
 
 class MetricsLogger:
@@ -51,19 +54,34 @@ def progress_bar(total: int, disable: bool = False) -> Progress:
                     TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=disable)
 
 
-def global_metrics(local: dict[str, Any], max_age: int) -> tuple[dict[str, Any], int, bool, int | None]:
-    """This step's metrics over every rank's share, from each rank's per-rollout numbers and counts.
+def local_numbers(made: StepRollouts, batch: UpdateBatch, result: UpdateResult, step: int, buffered: int,
+                  stop: int | None) -> dict[str, Any]:
+    """This rank's per-rollout numbers and counts of one step, for `global_metrics`."""
+    ages = [0] * batch.num_fresh + [step - r.birth_step for r in batch.replayed]
+    return {
+        "rewards": made.rewards, "adv": made.advantages, "ages": torch.tensor(ages, dtype=torch.long),
+        "lengths": torch.tensor([c.token_ids.numel() for c in made.completions], dtype=torch.float32),
+        "truncated": torch.tensor([c.finish_reason == "length" for c in made.completions], dtype=torch.float64),
+        "rows": torch.stack([result.row_clip_count, result.row_ratio_sum, result.row_tokens]),
+        "n_fresh": batch.num_fresh, "buffer": buffered, "loss": result.loss, "kl": result.kl,
+        "trained": sum(r.completion_ids.numel() for r in batch.rollouts), "skipped": result.skipped,
+        "rows_skipped": result.rows_skipped, "stop": stop}
+
+
+def global_metrics(local: dict[str, Any], age_bound: int | None) -> tuple[dict[str, Any], int, bool, int | None]:
+    """This step's metrics over every rank's share, from each rank's `local_numbers`.
 
     Returns (metrics, rollouts generated, whether any rank skipped the step, the stop
     signal any rank received): all ranks stop together. Each rank's loss and KL are
-    already its share of the global mean, so they add up.
+    already its share of the global mean, so they add up. The by-age lists are
+    `age_bound + 1` long (the method's bound; longer if an older rollout occurred).
     """
     ranks = distributed.gather(local)
     g = {k: torch.cat([r[k] for r in ranks]) for k in ("rewards", "adv", "ages", "lengths", "truncated")}
+    rows = torch.cat([r["rows"] for r in ranks], dim=1)  # (3, rollouts trained): clips, ratio sums, tokens
     rep_ages = torch.cat([r["ages"][r["n_fresh"]:] for r in ranks])
-    n_age = max(max_age, int(g["ages"].max())) + 1  # the age bound's length for replay, else what occurred
-    clip_by_age, ratio_by_age, tokens_by_age = sum(
-        torch.nn.functional.pad(r["by_age"], (0, n_age - r["by_age"].shape[1])) for r in ranks)
+    n_age = max(age_bound or 0, int(g["ages"].max())) + 1
+    clip_by_age, ratio_by_age, tokens_by_age = torch.zeros(3, n_age).index_add_(1, g["ages"], rows)
     forwarded = float(tokens_by_age.sum())  # zero-advantage rollouts skipped by the update are not in it
     n_tokens = max(forwarded, 1.0)
     per_age = tokens_by_age.clamp(min=1)
@@ -94,3 +112,13 @@ def global_metrics(local: dict[str, Any], max_age: int) -> tuple[dict[str, Any],
     }
     signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)
     return metrics, len(g["rewards"]), skipped, signum
+
+
+def step_metrics(step: int, batch: dict[str, Any], result: UpdateResult, *, rollouts_generated: int,
+                 skipped_total: int, lr: float, times: dict[str, float], engine: dict[str, float],
+                 evaluation: dict[str, float]) -> dict[str, Any]:
+    """The metrics.jsonl row of step `step` (0-based): the batch's global figures, the update's
+    grad norm, the learning rate, wall times per phase, the engine's own and any toy eval."""
+    return {"step": step + 1, "rollouts/generated": rollouts_generated, **batch, "loss/grad_norm": result.grad_norm,
+            "lr": lr, **{f"time/{k}": v for k, v in times.items() if k != "step"}, **engine, **evaluation,
+            "loss/skipped_total": skipped_total, "time/step": times["step"]}

@@ -47,3 +47,19 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_ids.numel())
+
+
+@dataclass
+class UpdateBatch:
+    """The rollouts of one optimiser step: this step's fresh ones first, then the replayed ones."""
+
+    rollouts: list[Rollout]
+    num_fresh: int  # rollouts[:num_fresh] were generated at this step (pi_old = the update's own forward)
+
+    @property
+    def fresh(self) -> list[Rollout]:
+        return self.rollouts[:self.num_fresh]
+
+    @property
+    def replayed(self) -> list[Rollout]:
+        return self.rollouts[self.num_fresh:]

@@ -37,15 +37,15 @@ from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
 from replaygrpo.data.train_sets import load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
-from replaygrpo.grpo import group_advantages
-from replaygrpo.metrics import MetricsLogger, global_metrics, progress_bar
+from replaygrpo.methods import with_pi_old
+from replaygrpo.metrics import MetricsLogger, global_metrics, local_numbers, progress_bar, step_metrics
 from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device, stop_token_ids
-from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
-from replaygrpo.replay.buffer import BaseReplayBuffer
-from replaygrpo.rollout.engine import build_engine
-from replaygrpo.records import Rollout, SamplingParams
+from replaygrpo.records import SamplingParams, UpdateBatch
+from replaygrpo.rollout import build_engine
+from replaygrpo.rollout.step import make_rollouts
 from replaygrpo.sampler import PromptSampler
-from replaygrpo.update import update_step
+from replaygrpo.update import UpdateOptions, update_step
+from replaygrpo.variants import resolve as resolve_variants
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_buffer(cfg: Config) -> BaseReplayBuffer | None:
-    r = cfg.replay
-    if cfg.method.name == "replay":
-        return ReplayBuffer(tau_max=r.tau_max, alpha=r.alpha, floor=r.floor, max_reuse=r.max_reuse, unit=r.unit)
-    if cfg.method.name == "naive_replay":
-        return NaiveReplayBuffer(capacity=r.capacity)
-    return None
 
 
 def load_policy(cfg: Config):
@@ -151,6 +142,7 @@ class _StopFlag:
 
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train per `cfg`, writing metrics.jsonl, checkpoints and the final model into `run_dir`."""
+    variants = resolve_variants(cfg)  # a bad method/engine/aggregation name fails before any loading
     distributed.init(resolve_device(cfg.device))  # torchrun: join the group; else nothing
     rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(distributed.broadcast(str(run_dir)))  # Hydra's default dir is a timestamp: use rank 0's
@@ -181,16 +173,16 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     # bf16 compute under autocast over float32 master weights: a bf16 AdamW step at lr 1e-6
     # would round away on most weights.
     autocast_dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else None
-    engine = build_engine(e_cfg.name, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                          batch_size=e_cfg.batch_size, cfg=cfg, stop_token_ids=stop_token_ids(tok, eos),
-                          autocast_dtype=autocast_dtype)
-    buffer = build_buffer(cfg)
+    engine = build_engine(e_cfg.name, model, e_cfg, eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                          stop_token_ids=stop_token_ids(tok, eos), autocast_dtype=autocast_dtype,
+                          seed=cfg.seed, dtype=cfg.model.dtype)
+    replay = variants.method.build(cfg.replay)  # method=grpo: keeps nothing, composes fresh only
+    update_opts = UpdateOptions.from_config(cfg, tok.pad_token_id, autocast_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / t_cfg.warmup_steps) if t_cfg.warmup_steps else 1.0)
     replay_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * rank)  # each rank's own buffer draws
     grader = GradingPool(num_workers=t_cfg.grader_workers, timeout=cfg.eval.grade_timeout)
-    max_age = cfg.replay.tau_max if cfg.method.name == "replay" and cfg.replay.tau_max is not None else 0
     cfg_dict = asdict(cfg)
 
     # --- resume: everything the next step depends on comes back from the checkpoint -------
@@ -198,7 +190,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                              "accuracy": None, "bad_steps": 0, "skipped_steps": 0, "sampler": None}
     metrics_path = run_dir / "metrics.jsonl"
     saved_state = resume(cfg, run_dir, cfg_dict, model=model, optimizer=optimizer, scheduler=scheduler,
-                         buffer=buffer, replay_gen=replay_gen, sampler=sampler)
+                         buffer=replay.buffer, replay_gen=replay_gen, sampler=sampler)
     if saved_state is not None:
         state = saved_state
         engine.sync_weights(model)
@@ -207,116 +199,69 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     def checkpoint() -> Path:
         state["sampler"] = sampler.state_dict()
         return save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                               buffer=buffer, state=state, replay_gen=replay_gen, config=cfg_dict,
+                               buffer=replay.buffer, state=state, replay_gen=replay_gen, config=cfg_dict,
                                keep=cfg.checkpoint.keep)
+
+    def evaluate() -> tuple[float, float]:
+        return toy_eval(engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
 
     model.train()
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            state["start_accuracy"], _ = toy_eval(
-                engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+            state["start_accuracy"], _ = evaluate()
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
-            # 1. Draw B prompts and sample G completions each with the current policy. Every
-            # rank draws the same B (same sampler seed) and generates for its contiguous share:
-            # groups stay whole on one rank, so the advantages below are local.
+            # 1-4. Draw B prompts; generate G completions each, grade, group-normalise, one rollout
+            # per completion. Every rank draws the same B (same sampler seed) and generates for its
+            # contiguous share: groups stay whole on one rank, so the advantages are local.
             all_idx = sampler.next(t_cfg.prompts_per_step)
             idx = distributed.my_share(all_idx)
-            groups = engine.generate([prompt_ids[i] for i in idx], SamplingParams(
-                n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
-                max_new_tokens=e_cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + step) * world + rank))
-            t_gen = time.perf_counter()
-
-            # 2. Reward: 1 if the extracted answer is equivalent to the gold, else 0.
-            completions = [c for g in groups for c in g]
-            texts = tok.batch_decode([c.token_ids.tolist() for c in completions], skip_special_tokens=True)
-            golds = [problems[i].gold for i in idx for _ in range(t_cfg.group_size)]
-            rewards = torch.tensor(grader.grade_many(texts, golds), dtype=torch.float32)
-            t_grade = time.perf_counter()
-
-            # 3-4. Group-relative advantages; every completion becomes one rollout.
-            first_group = state["next_group"] + rank * len(idx)
-            group_ids = torch.arange(len(idx)).repeat_interleave(t_cfg.group_size) + first_group
+            made = make_rollouts(
+                engine, grader, tok, [prompt_ids[i] for i in idx], [problems[i].gold for i in idx], idx,
+                SamplingParams(n=t_cfg.group_size, temperature=e_cfg.temperature, top_p=e_cfg.top_p,
+                               max_new_tokens=e_cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + step) * world + rank),
+                step=step, first_group=state["next_group"] + rank * len(idx), adv_scale=l_cfg.adv_scale)
             state["next_group"] += len(all_idx)
-            adv = group_advantages(rewards, group_ids, scale=l_cfg.adv_scale)
-            prompt_tensors = [torch.tensor(prompt_ids[i], dtype=torch.int32) for i in idx]  # shared by a group
-            fresh = [
-                Rollout(prompt_ids=prompt_tensors[k // t_cfg.group_size], completion_ids=c.token_ids,
-                        old_logprobs=c.logprobs, reward=float(rewards[k]), advantage=float(adv[k]), birth_step=step, prompt_id=idx[k // t_cfg.group_size],
-                        group_id=int(group_ids[k]))
-                for k, c in enumerate(completions)]
+            t_update0 = time.perf_counter()
 
             # 5-7. Evict what is older than tau_max, then compose: all fresh + R replayed.
-            replayed: list[Rollout] = []
-            used = fresh
-            if buffer is not None:
-                buffer.evict(step)
-                used, replayed = compose_batch(fresh, buffer, step, cfg.replay.replay_ratio,
-                                               cfg.replay.anchor, replay_gen)
-            batch = used + replayed
-            ages = [0] * len(used) + [step - r.birth_step for r in replayed]
-            behaviour = [r.old_logprobs for r in batch] if l_cfg.tis_cap else None
+            replay.evict(step)
+            used, replayed = replay.compose(made.rollouts, step, replay_gen)
+            batch = UpdateBatch(used + replayed, num_fresh=len(used))
 
             # 8-9. One clipped-surrogate optimiser step on the composed batch, then push the weights.
             # Under torchrun the batch is this rank's share; update_step makes it one global step.
             engine.sleep()
-            result = update_step(
-                model, optimizer, batch, ages, num_fresh=len(used), pad_id=tok.pad_token_id,
-                temperature=e_cfg.temperature, clip_low=l_cfg.clip_low, clip_high=l_cfg.clip_high,
-                agg=l_cfg.agg, old_logprobs=l_cfg.old_logprobs, tis_cap=l_cfg.tis_cap,
-                token_budget=t_cfg.micro_batch_tokens, grad_clip=t_cfg.grad_clip,
-                ref_model=ref_model, kl_coef=l_cfg.kl_coef, max_age=max_age, engine_logprobs=behaviour,
-                autocast_dtype=autocast_dtype, layout=t_cfg.update_layout,
-                skip_zero_advantage=t_cfg.skip_zero_advantage)
+            result = update_step(model, optimizer, batch, update_opts, ref_model)
             scheduler.step()
             t_update = time.perf_counter()
             engine.sync_weights(model)
             t_sync = time.perf_counter()
 
-            # The buffer stores pi_old as the trainer saw it (or the engine's, by config). With
-            # anchor=false the displaced fresh rollouts are stored too, with the engine's log-probs.
-            if buffer is not None:
-                if l_cfg.old_logprobs == "trainer":
-                    for r, lp in zip(used, result.fresh_logprobs):
-                        r.old_logprobs = lp
-                buffer.add(used if cfg.replay.anchor else fresh)
+            # The buffer stores each fresh rollout with the pi_old it was trained with (the
+            # trainer's, or the engine's, by config); one displaced by anchor=false keeps the engine's.
+            replay.store(with_pi_old(made.rollouts, used, result.fresh_logprobs))
 
             # Metrics are of the global batch (one gather over the ranks; in one process a list of one).
-            batch_metrics, n_generated, skipped, signum = global_metrics({
-                "rewards": rewards, "adv": adv, "ages": torch.tensor(ages, dtype=torch.long),
-                "lengths": torch.tensor([c.token_ids.numel() for c in completions], dtype=torch.float32),
-                "truncated": torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.float64),
-                "by_age": torch.stack([result.clip_count_by_age, result.ratio_sum_by_age, result.tokens_by_age]),
-                "n_fresh": len(used), "buffer": len(buffer) if buffer is not None else 0, "loss": result.loss,
-                "kl": result.kl, "trained": sum(r.completion_ids.numel() for r in batch), "skipped": result.skipped,
-                "rows_skipped": result.rows_skipped, "stop": stop.signum}, max_age)
+            batch_metrics, n_generated, skipped, signum = global_metrics(
+                local_numbers(made, batch, result, step, len(replay), stop.signum), replay.age_bound)
             state["rollouts_generated"] += n_generated
             state["skipped_steps"] += int(skipped)
             state["bad_steps"] = state["bad_steps"] + 1 if skipped else 0
             if skipped:
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step + 1, state["bad_steps"])
-            metrics: dict[str, Any] = {
-                "step": step + 1,
-                "rollouts/generated": state["rollouts_generated"],
-                **batch_metrics,
-                "loss/grad_norm": result.grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "time/generate": t_gen - t0,
-                "time/grade": t_grade - t_gen,
-                "time/update": t_update - t_grade,
-                "time/sync": t_sync - t_update,
-                **engine.metrics(),
-            }
+            evaluation: dict[str, float] = {}
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                state["accuracy"], eval_tokens = toy_eval(
-                    engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
-                metrics["eval/accuracy"] = state["accuracy"]
-                metrics["eval/tokens_mean"] = eval_tokens
-            metrics["loss/skipped_total"] = state["skipped_steps"]
-            metrics["time/step"] = time.perf_counter() - t0
+                state["accuracy"], eval_tokens = evaluate()
+                evaluation = {"eval/accuracy": state["accuracy"], "eval/tokens_mean": eval_tokens}
+            times = {"generate": made.generate_s, "grade": made.grade_s, "update": t_update - t_update0,
+                     "sync": t_sync - t_update, "step": time.perf_counter() - t0}
+            metrics = step_metrics(step, batch_metrics, result, rollouts_generated=state["rollouts_generated"],
+                                   skipped_total=state["skipped_steps"], lr=scheduler.get_last_lr()[0], times=times,
+                                   engine=engine.metrics(), evaluation=evaluation)
             logger.log(metrics)
             state["step"] = step + 1
             acc = state["accuracy"]
@@ -335,7 +280,6 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                   f"continue with resume=auto hydra.run.dir={run_dir}")
             if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < t_cfg.steps:
                 checkpoint()
-
     final = run_dir / FINAL_MODEL
     weights = distributed.full_model_state(model)  # torchrun: gathered to rank 0
     logger.close()

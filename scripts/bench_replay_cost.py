@@ -88,48 +88,42 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from replaygrpo.config import register_configs, to_config
+    from replaygrpo.config import register_configs
     from replaygrpo.data.prompts import render
     from replaygrpo.data.train_sets import load_train_set
-    from replaygrpo.grading import GradingPool
     from replaygrpo.forward import CompletionBatch
-    from replaygrpo.grpo import group_advantages
+    from replaygrpo.grading import GradingPool
+    from replaygrpo.methods import METHODS, with_pi_old
     from replaygrpo.model import end_of_text_id
-    from replaygrpo.replay import ReplayBuffer, compose_batch
-    from replaygrpo.rollout.engine import build_engine
-    from replaygrpo.records import Rollout, SamplingParams
+    from replaygrpo.records import Rollout, SamplingParams, UpdateBatch
+    from replaygrpo.rollout import build_engine
+    from replaygrpo.rollout.step import make_rollouts
     from replaygrpo.train import load_policy, seed_everything
-    from replaygrpo.update import update_step
+    from replaygrpo.update import UpdateOptions, update_step
+    from replaygrpo.variants import load_config
 
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = to_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
+        cfg = load_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
     seed_everything(cfg.seed)
     t, e, lo = cfg.trainer, cfg.engine, cfg.loss
     model, tok = load_policy(cfg)
     eos = end_of_text_id(model, tok)
-    engine = build_engine("hf", model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                          batch_size=e.batch_size, cfg=cfg)
+    engine = build_engine("hf", model, e, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    opts = UpdateOptions.from_config(cfg, tok.pad_token_id, autocast_dtype=None)
     problems = load_train_set(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     grader = GradingPool(num_workers=0)
 
     def rollouts(batch: int, birth: int) -> list[Rollout]:
+        """Steps 1-4 of the loop (the same `make_rollouts`) on the batch-th block of prompts."""
         idx = list(range(batch * t.prompts_per_step, (batch + 1) * t.prompts_per_step))
         ids = [tok(render(cfg.data.template, problems[i].question), add_special_tokens=False)["input_ids"]
                for i in idx]
-        groups = engine.generate(ids, SamplingParams(n=t.group_size, temperature=e.temperature,
-                                                     max_new_tokens=e.max_new_tokens, seed=batch))
-        comps = [c for g in groups for c in g]
-        texts = tok.batch_decode([c.token_ids.tolist() for c in comps], skip_special_tokens=True)
-        rewards = torch.tensor(grader.grade_many(texts, [problems[i].gold for i in idx for _ in range(t.group_size)]))
-        gids = torch.arange(len(idx)).repeat_interleave(t.group_size)
-        adv = group_advantages(rewards.float(), gids, scale=lo.adv_scale)
-        return [Rollout(prompt_ids=torch.tensor(ids[k // t.group_size], dtype=torch.int32),
-                        completion_ids=c.token_ids, old_logprobs=c.logprobs, reward=float(rewards[k]),
-                        advantage=float(adv[k]), birth_step=birth, prompt_id=idx[k // t.group_size],
-                        group_id=int(gids[k]) + 1000 * batch) for k, c in enumerate(comps)]
+        params = SamplingParams(n=t.group_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=batch)
+        return make_rollouts(engine, grader, tok, ids, [problems[i].gold for i in idx], idx, params, step=birth,
+                             first_group=1000 * batch, adv_scale=lo.adv_scale).rollouts
 
     fresh = rollouts(0, birth=2)
     old = rollouts(1, birth=0) + rollouts(2, birth=1)
@@ -139,12 +133,8 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
         replayed += [r for r in old if r.advantage == 0][:len(fresh) - len(replayed)]
 
     def once(batch: list[Rollout], n_fresh: int) -> float:
-        ages = [0] * n_fresh + [2 - r.birth_step for r in batch[n_fresh:]]
         t0 = time.perf_counter()
-        update_step(model, opt, batch, ages, num_fresh=n_fresh, pad_id=tok.pad_token_id,
-                    temperature=e.temperature, clip_low=lo.clip_low, clip_high=lo.clip_high, agg=lo.agg,
-                    old_logprobs=lo.old_logprobs, tis_cap=lo.tis_cap, token_budget=t.micro_batch_tokens,
-                    grad_clip=t.grad_clip, max_age=cfg.replay.tau_max or 0)
+        update_step(model, opt, UpdateBatch(batch, n_fresh), opts)
         return time.perf_counter() - t0
 
     base, both = [], []
@@ -157,18 +147,17 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
     grader.close()
 
     # Replay's own bookkeeping, as the loop does it each step: evict, compose (sample
-    # R of the buffer), store pi_old on the fresh rollouts, add the step's rollouts.
-    buf = ReplayBuffer(tau_max=cfg.replay.tau_max, alpha=cfg.replay.alpha, floor=cfg.replay.floor,
-                       unit=cfg.replay.unit)
+    # R of the buffer), new records with the update's pi_old, add the step's rollouts.
+    replay = METHODS.get("replay").build(cfg.replay)
     gen = torch.Generator().manual_seed(0)
     books = []
     batches = [fresh, old[:len(fresh)], old[len(fresh):]]
     for step in range(3 + reps):
         new = [dataclasses.replace(r, birth_step=step) for r in batches[step % 3]]
         t0 = time.perf_counter()
-        buf.evict(step)
-        used, rep = compose_batch(new, buf, step, cfg.replay.replay_ratio, cfg.replay.anchor, gen)
-        buf.add(used)
+        replay.evict(step)
+        used, rep = replay.compose(new, step, gen)
+        replay.store(with_pi_old(new, used, [r.old_logprobs for r in used]))
         if step >= 3:  # the buffer holds tau_max steps from here on
             books.append(time.perf_counter() - t0)
 

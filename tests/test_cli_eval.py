@@ -12,7 +12,8 @@ from replaygrpo.config import Config
 from replaygrpo.model import ModelLoadError, resolve_model_path
 from replaygrpo.records import Rollout
 from replaygrpo.toymodel import build_model, build_tokenizer
-from replaygrpo.update import update_step
+from replaygrpo.records import UpdateBatch
+from replaygrpo.update import UpdateOptions, update_step
 from tests.conftest import toy_overrides
 
 runner = CliRunner()
@@ -63,9 +64,9 @@ def test_non_finite_gradient_skips_the_step():
     before = [p.detach().clone() for p in model.parameters()]
     r = Rollout(torch.tensor([1, 2], dtype=torch.int32), torch.tensor([3, 4], dtype=torch.int32),
                 torch.zeros(2), 1.0, 1.0, 0, 0, 0)
-    result = update_step(model, opt, [r], [0], num_fresh=1, pad_id=0, temperature=1.0, clip_low=0.2,
-                         clip_high=0.2, agg="token_mean", old_logprobs="trainer", tis_cap=None,
-                         token_budget=64, grad_clip=1.0)
+    result = update_step(model, opt, UpdateBatch([r], num_fresh=1),
+                         UpdateOptions(pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2, agg="token_mean",
+                                       old_logprobs="trainer", tis_cap=None, token_budget=64, grad_clip=1.0))
     assert result.skipped
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 

@@ -5,12 +5,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from replaygrpo.cli import CONF_DIR
-from replaygrpo.config import Config, ConfigError, to_config
+from replaygrpo.config import Config, ConfigError
+from replaygrpo.methods import METHODS
+from replaygrpo.variants import load_config
 
 
 def composed(*overrides: str) -> Config:
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return to_config(compose(config_name="config", overrides=list(overrides)))
+        return load_config(compose(config_name="config", overrides=list(overrides)))
 
 
 def test_default_is_the_toy_lab_with_grpo():
@@ -19,10 +21,24 @@ def test_default_is_the_toy_lab_with_grpo():
     assert cfg.method.name == "grpo" and cfg.engine.name == "hf"
 
 
-@pytest.mark.parametrize("method,unit,tau", [("replay", "rollout", 2), ("naive_replay", "group", None)])
-def test_method_groups_set_replay_keys(method, unit, tau):
+@pytest.mark.parametrize("method,age_bound,buffer", [("replay", 2, "ReplayBuffer"), ("naive_replay", None, "NaiveReplayBuffer"),
+                                                     ("grpo", 0, "NoneType")])
+def test_method_groups_pick_the_registered_method(method, age_bound, buffer):
     cfg = composed(f"method={method}")
-    assert cfg.method.name == method and cfg.replay.unit == unit and cfg.replay.tau_max == tau
+    replay = METHODS.get(cfg.method.name).build(cfg.replay)
+    assert cfg.method.name == method and replay.age_bound == age_bound
+    assert type(replay.buffer).__name__ == buffer
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_method_files_set_only_the_keys_the_method_reads(method):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(CONF_DIR) / "method" / f"{method}.yaml")
+    assert set(node) <= {"method", "replay"} and dict(node.method) == {"name": method}
+    assert set(node.get("replay", {})) <= set(METHODS.get(method).reads)
 
 
 def test_qwen_models_and_overrides():

@@ -72,15 +72,16 @@ def fixed_batch():
     return out, ages
 
 
-def run_update(model, ref, rollouts, ages, num_fresh, kw, **extra):
-    from replaygrpo.update import update_step
+def run_update(model, ref, rollouts, ages, num_fresh, kw):
+    from replaygrpo.records import UpdateBatch
+    from replaygrpo.update import UpdateOptions, update_step
 
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    return update_step(
-        model, opt, rollouts, ages, num_fresh, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
-        agg=kw["agg"], old_logprobs="trainer", tis_cap=None, token_budget=BUDGET, grad_clip=kw["grad_clip"],
-        ref_model=ref, kl_coef=kw["kl_coef"], max_age=2, layout=kw.get("layout", "auto"),
-        autocast_dtype=torch.bfloat16 if kw.get("bf16") else None, **extra)
+    opts = UpdateOptions(
+        pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2, agg=kw["agg"], old_logprobs="trainer", tis_cap=None,
+        token_budget=BUDGET, grad_clip=kw["grad_clip"], kl_coef=kw["kl_coef"], layout=kw.get("layout", "auto"),
+        autocast_dtype=torch.bfloat16 if kw.get("bf16") else None)
+    return update_step(model, opt, UpdateBatch(rollouts, num_fresh), opts, ref)
 
 
 def worker(out_dir: Path) -> None:
@@ -242,17 +243,18 @@ def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
     (1, "vllm", 2, False),  # tensor parallel ranks are torchrun's ranks
     (4, "vllm", 3, False), (4, "hf", 2, False), (4, "vllm", 0, False)])
 def test_engine_tensor_parallel_size_must_tile_the_ranks(monkeypatch, world, engine, tp, ok):
-    from replaygrpo.config import Config, ConfigError, validate
+    from replaygrpo.config import Config, ConfigError
+    from replaygrpo.variants import load_config
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     cfg = Config()
     cfg.trainer.prompts_per_step = 4
     cfg.engine.name, cfg.engine.tensor_parallel_size = engine, tp
     if ok:
-        validate(cfg)
+        load_config(cfg)
     else:
         with pytest.raises(ConfigError, match="engine.tensor_parallel_size"):
-            validate(cfg)
+            load_config(cfg)
 
 
 def test_micro_batch_count_is_padded_by_splitting_then_idle_passes():

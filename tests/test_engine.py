@@ -93,3 +93,19 @@ def test_bf16_sampling_restores_train_mode_and_matches_the_trainer(toy):
     model.train()
     # bf16 rounding differs between the cached and the full forward: a loose bound.
     torch.testing.assert_close(torch.cat(trainer), torch.cat([c.logprobs for c in completions]), atol=0.1, rtol=0)
+
+
+def test_engines_register_when_the_package_is_imported_and_vllm_loads_only_when_built():
+    import importlib.util
+    import sys
+
+    from replaygrpo.config import EngineConfig
+    from replaygrpo.rollout import ENGINES, build_engine
+
+    assert ENGINES.names() == ["hf", "vllm"]
+    assert ENGINES.get("vllm").tensor_parallel and not ENGINES.get("hf").tensor_parallel
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py builds it")
+    assert "vllm" not in sys.modules
+    with pytest.raises(ImportError, match="make_vllm_venv.sh"):
+        build_engine("vllm", torch.nn.Linear(2, 2), EngineConfig(), eos_token_id=0, pad_token_id=0)

@@ -10,7 +10,8 @@ from replaygrpo.config import Config
 from replaygrpo.forward import LAYOUTS, CompletionBatch, choose_layout, completion_logprobs
 from replaygrpo.records import Rollout
 from replaygrpo.toymodel import build_model, build_tokenizer
-from replaygrpo.update import micro_batches, update_step
+from replaygrpo.records import UpdateBatch
+from replaygrpo.update import UpdateOptions, micro_batches, update_step
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,10 @@ def test_fast_paths_take_the_same_step(toy, agg):
                                  ("packed", True, 60), ("packed", False, 4096)]:
         m = copy.deepcopy(model)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        res = [update_step(m, opt, b, [0] * 6 + [1] * 4, num_fresh=6, pad_id=0, temperature=1.0,
-                           clip_low=0.2, clip_high=0.2, agg=agg, old_logprobs="trainer", tis_cap=None,
-                           token_budget=budget, grad_clip=1.0, max_age=1, layout=layout,
-                           skip_zero_advantage=skip) for b in copy.deepcopy(steps)]
+        opts = UpdateOptions(pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2, agg=agg, old_logprobs="trainer",
+                             tis_cap=None, token_budget=budget, grad_clip=1.0, layout=layout,
+                             skip_zero_advantage=skip)
+        res = [update_step(m, opt, UpdateBatch(b, num_fresh=6), opts) for b in copy.deepcopy(steps)]
         outcomes.append((res, [p.detach().clone() for p in m.parameters()]))
     (base, base_params) = outcomes[0]
     assert base[0].rows_skipped == 0

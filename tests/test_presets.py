@@ -12,7 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from replaygrpo.cli import CONF_DIR
-from replaygrpo.config import Config, register_configs, to_config
+from replaygrpo.config import Config, register_configs
+from replaygrpo.methods import METHODS as METHOD_REGISTRY
+from replaygrpo.variants import load_config as to_config
 
 SIZES = {"0.6b": "Qwen/Qwen3-0.6B-Base", "1.7b": "Qwen/Qwen3-1.7B-Base", "4b": "Qwen/Qwen3-4B-Base"}
 METHODS = ("grpo", "naive_replay", "replay")
@@ -67,9 +69,10 @@ def test_methods_differ_only_in_the_buffer(size: str):
             (grpo.trainer, grpo.loss, grpo.engine, grpo.data, grpo.eval, grpo.model)
     r = replay.replay
     assert (r.unit, r.tau_max, r.alpha, r.replay_ratio, r.anchor, r.max_reuse) == ("rollout", 2, 1.0, 1.0, True, None)
-    n = naive.replay
-    assert (n.unit, n.tau_max, n.alpha, n.replay_ratio, n.anchor) == ("group", None, 0.0, 1.0, True)
+    n = naive.replay  # the naive method reads these three keys only; it has no age bound
+    assert (n.replay_ratio, n.anchor) == (1.0, True)
     assert n.capacity == 4 * grpo.trainer.prompts_per_step * grpo.trainer.group_size
+    assert METHOD_REGISTRY.get("naive_replay").build(n).age_bound is None
 
 
 def test_micro_batch_shrinks_with_model_size():

@@ -48,8 +48,9 @@ def toy():
 @pytest.fixture(scope="module")
 def engine(toy, tmp_path_factory):
     model, tok, _ = toy
-    eng = build_engine("vllm", model=model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       batch_size=64, cfg=_cfg(sync="reload"), workdir=str(tmp_path_factory.mktemp("vllm")))
+    cfg = _cfg(sync="reload")
+    eng = build_engine("vllm", model, cfg.engine, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       batch_size=64, seed=cfg.seed, dtype=cfg.model.dtype, workdir=str(tmp_path_factory.mktemp("vllm")))
     yield eng
     eng.close()
 

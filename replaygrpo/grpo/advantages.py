@@ -20,31 +20,21 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from replaygrpo.registry import Registry
+
 # A scale maps (centred rewards (N,), per-row group std (N,), eps) -> advantages (N,).
 ScaleFn = Callable[[Tensor, Tensor, float], Tensor]
-ADVANTAGE_SCALES: dict[str, ScaleFn] = {}
+ADVANTAGE_SCALES: Registry[ScaleFn] = Registry("loss.adv_scale")
 
 
 def register_scale(name: str) -> Callable[[ScaleFn], ScaleFn]:
     """Decorator adding an advantage scale under `name`."""
-
-    def deco(fn: ScaleFn) -> ScaleFn:
-        if name in ADVANTAGE_SCALES:
-            raise ValueError(f"advantage scale {name!r} is already registered")
-        ADVANTAGE_SCALES[name] = fn
-        return fn
-
-    return deco
+    return ADVANTAGE_SCALES.register(name)
 
 
 def get_scale(name: str) -> ScaleFn:
-    """Look up a registered scale; the error lists the valid names."""
-    try:
-        return ADVANTAGE_SCALES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown advantage scale {name!r}; valid: {sorted(ADVANTAGE_SCALES)}"
-        ) from None
+    """Look up a registered scale; the error (ConfigError) names `loss.adv_scale` and the valid names."""
+    return ADVANTAGE_SCALES.get(name)
 
 
 @register_scale("std")

@@ -16,36 +16,59 @@ Departures from the paper / from verl, all deliberate:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from replaygrpo.registry import Registry
+
 _LOG_RATIO_CLAMP = 20.0
 
-# An aggregation maps (values (B,T), mask (B,T) bool, norm_len) -> 0-dim loss.
+# An aggregation's reduction maps (values (B,T), mask (B,T) bool, norm_len) -> 0-dim loss.
 AggFn = Callable[[Tensor, Tensor, "int | None"], Tensor]
-LOSS_AGGS: dict[str, AggFn] = {}
+# Its micro-batch share maps (mask (b,T) bool of one micro-batch, tokens in the whole batch,
+# sequences in the whole batch) -> the weight that makes the micro-batches' weighted losses
+# add up to the loss of the whole batch.
+ShareFn = Callable[[Tensor, int, int], float]
 
 
-def register_agg(name: str) -> Callable[[AggFn], AggFn]:
-    """Decorator adding a loss aggregation under `name`."""
+@dataclass(frozen=True)
+class Aggregation:
+    """A loss aggregation: its reduction and the weight of one micro-batch in the batch loss."""
+
+    name: str
+    reduce: AggFn
+    share: ShareFn
+
+
+LOSS_AGGS: Registry[Aggregation] = Registry("loss.agg")
+
+
+def token_share(mask: Tensor, batch_tokens: int, batch_seqs: int) -> float:
+    """A per-token mean over the batch: a micro-batch counts by its valid tokens."""
+    return int(mask.sum()) / max(batch_tokens, 1)
+
+
+def sequence_share(mask: Tensor, batch_tokens: int, batch_seqs: int) -> float:
+    """A per-sequence mean over the batch: a micro-batch counts by its rows."""
+    return mask.shape[0] / max(batch_seqs, 1)
+
+
+def register_agg(name: str, share: ShareFn) -> Callable[[AggFn], AggFn]:
+    """Decorator adding a loss aggregation under `name`, with its micro-batch share."""
 
     def deco(fn: AggFn) -> AggFn:
-        if name in LOSS_AGGS:
-            raise ValueError(f"loss aggregation {name!r} is already registered")
-        LOSS_AGGS[name] = fn
+        LOSS_AGGS.add(name, Aggregation(name, fn, share))
         return fn
 
     return deco
 
 
-def get_agg(name: str) -> AggFn:
-    """Look up a registered aggregation; the error lists the valid names."""
-    try:
-        return LOSS_AGGS[name]
-    except KeyError:
-        raise ValueError(f"unknown loss aggregation {name!r}; valid: {sorted(LOSS_AGGS)}") from None
+def get_agg(name: str) -> Aggregation:
+    """Look up a registered aggregation; the error (ConfigError) names `loss.agg` and the valid names."""
+    return LOSS_AGGS.get(name)
 
 
 def _no_norm_len(name: str, norm_len: int | None) -> None:
@@ -59,7 +82,7 @@ def _seq_sums(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return vals.sum(-1), mask.sum(-1).to(values.dtype)
 
 
-@register_agg("token_mean")
+@register_agg("token_mean", share=token_share)
 def _token_mean(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
     """Sum over every valid token of the batch / number of valid tokens in the batch."""
     _no_norm_len("token_mean", norm_len)
@@ -67,7 +90,7 @@ def _token_mean(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Te
     return sums.sum() / n.sum().clamp(min=1)
 
 
-@register_agg("seq_mean_token_mean")
+@register_agg("seq_mean_token_mean", share=sequence_share)
 def _seq_mean_token_mean(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
     """Mean over non-empty sequences of each sequence's mean over its valid tokens."""
     _no_norm_len("seq_mean_token_mean", norm_len)
@@ -77,7 +100,7 @@ def _seq_mean_token_mean(values: Tensor, mask: Tensor, norm_len: int | None = No
     return per_seq.sum() / nonempty.sum().clamp(min=1)
 
 
-@register_agg("seq_mean_token_sum")
+@register_agg("seq_mean_token_sum", share=sequence_share)
 def _seq_mean_token_sum(values: Tensor, mask: Tensor, norm_len: int | None = None) -> Tensor:
     """Dr. GRPO: mean over non-empty sequences of each sequence's token sum.
 
@@ -91,7 +114,7 @@ def _seq_mean_token_sum(values: Tensor, mask: Tensor, norm_len: int | None = Non
 
 def aggregate(values: Tensor, mask: Tensor, agg: str = "token_mean", norm_len: int | None = None) -> Tensor:
     """Reduce per-token values (B,T) over the valid tokens of mask (B,T) to a 0-dim tensor."""
-    return get_agg(agg)(values, mask.bool(), norm_len)
+    return get_agg(agg).reduce(values, mask.bool(), norm_len)
 
 
 def policy_loss(
@@ -160,7 +183,7 @@ def policy_loss(
         pg = pg * w
         metrics["tis_weight_mean"] = aggregate(w, mask, "token_mean")
 
-    agg_fn = get_agg(agg)
+    agg_fn = get_agg(agg).reduce
     pg_loss = agg_fn(pg, mask, norm_len)
     loss = pg_loss
     if ref_logp is not None:

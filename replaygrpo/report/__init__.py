@@ -12,22 +12,14 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from replaygrpo.config import BOOKKEEPING_KEYS, flatten, key_matches
+
+__all__ = ["IGNORED", "base_label", "flatten", "group_runs", "load_run_config", "method_key"]
 T = TypeVar("T")
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
-IGNORED = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.",
-           "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
+IGNORED = BOOKKEEPING_KEYS
 """Keys that do not make a different method: runs differing only in these are seeds of one row."""
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -42,7 +34,7 @@ def load_run_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _ignored(key: str) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in IGNORED)
+    return key_matches(key, IGNORED)
 
 
 def method_key(config: dict[str, Any]) -> Hashable:

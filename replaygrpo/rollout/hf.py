@@ -12,16 +12,15 @@ import torch
 from transformers import PreTrainedModel
 
 from replaygrpo import distributed
+from replaygrpo.config import EngineConfig
 from replaygrpo.forward import PromptBatch, prefill
-from replaygrpo.rollout.engine import register_engine
 from replaygrpo.records import Completion, SamplingParams
+from replaygrpo.rollout.engine import EngineSetup, register_engine
 
 
-@register_engine("hf")
 class HFEngine:
     def __init__(self, model: PreTrainedModel, eos_token_id: int, pad_token_id: int, batch_size: int = 256,
-                 cfg: object = None, stop_token_ids: list[int] | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+                 stop_token_ids: list[int] | None = None, autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.eos = eos_token_id
         # Every token that ends a completion (e.g. <|im_end|> as well under a ChatML prompt).
@@ -114,6 +113,13 @@ class HFEngine:
                     finish_reason="stop" if bool(has_eos[r]) else "length"))
             groups.append(group)
         return groups
+
+
+@register_engine("hf")
+def build_hf(model: PreTrainedModel, settings: EngineConfig, setup: EngineSetup) -> HFEngine:
+    """The HF engine reads only `engine.batch_size`; temperature etc. come with each call."""
+    return HFEngine(model, setup.eos_token_id, setup.pad_token_id, settings.batch_size, setup.stop_token_ids,
+                    setup.autocast_dtype)
 
 
 def _pick(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,18 +14,8 @@ probability), while the HF engine and the trainer use the untruncated distributi
 top_p = 1 where pi_old comes from the engine. Greedy calls (temperature 0) return zeros,
 as the HF engine does.
 
-Weight sync after every optimiser step (`engine.sync`):
-- `inplace`: the trainer's state dict streams to vLLM's in-place reloader (the worker's
-  `reload_weights`, vLLM >= 0.32, which re-runs each layer's post-load processing, so the
-  CPU backend's repacked kernels are rebuilt too) in chunks of at most `chunk_bytes`, cast to
-  the engine dtype; no file and no rebuild. Older vLLMs fall back to the model's own
-  `load_weights`, chunk by chunk (correct on GPU; on the CPU backend it fails, since the
-  repacked parameters have lost their weight loaders).
-- `reload`: save safetensors, shut the LLM down and build a new one from the files. Slow,
-  always correct.
-After each sync the engine-vs-trainer log-prob gap on a fixed probe batch (mean absolute
-difference of per-token log-probs at temperature 1) is stored in `last_logprob_gap` (logged
-as `sync/logprob_gap`, see `metrics()`), and a gap above `engine.max_logprob_gap` raises.
+Weight sync after every optimiser step and the log-prob check that follows it live in
+`vllm_sync` (`engine.sync`: inplace or reload).
 
 Under torchrun each rank's engine runs in vLLM's external-launcher mode on the trainer's
 process group: one engine per rank (data parallel), or one tensor-parallel engine per
@@ -44,7 +34,6 @@ import contextlib
 import copy
 import gc
 import logging
-import math
 import os
 import random
 import shutil
@@ -59,17 +48,15 @@ import torch
 
 from replaygrpo import distributed
 from replaygrpo.config import EngineConfig
-from replaygrpo.rollout.engine import register_engine
 from replaygrpo.records import Completion, SamplingParams
+from replaygrpo.rollout.engine import EngineSetup, register_engine
+from replaygrpo.rollout.vllm_sync import CHUNK_BYTES, PROBE_SIZE, WeightSync, weight_chunks, worst_gap
 
+__all__ = ["VLLMEngine", "build_vllm", "weight_chunks", "worst_gap"]
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 512 << 20
-"""Largest chunk of weights materialised (cast to the engine dtype) at once during an in-place sync."""
 CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache of the CPU backend (gpu_memory_utilization means nothing there)."""
-PROBE_SIZE = 4
-"""Sequences in the probe batch of the post-sync log-prob check."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,30 +74,6 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def weight_chunks(model: torch.nn.Module, dtype: torch.dtype,
-                  max_bytes: int = CHUNK_BYTES) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """The state dict as lists of (name, tensor in `dtype`) of at most `max_bytes` each
-    (a single larger tensor is a chunk of its own). Lazy: a chunk is cast when it is reached.
-    Under torchrun the tensors are whole, gathered from the FSDP shards as they are reached,
-    and every rank must walk all chunks."""
-    chunk: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, t in distributed.full_state_items(model):
-        nbytes = t.numel() * dtype.itemsize
-        if chunk and size + nbytes > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, t.detach().to(dtype)))
-        size += nbytes
-    if chunk:
-        yield chunk
-
-
-def worst_gap(gaps: list[float]) -> float:
-    """The largest of the ranks' gaps, NaN if any is NaN (`max` would hide a NaN not first)."""
-    return math.nan if any(math.isnan(g) for g in gaps) else max(gaps)
-
-
 @contextlib.contextmanager
 def _rng_preserved() -> Iterator[None]:
     """Restore the trainer's global RNGs (python, numpy, torch, CUDA) after the block."""
@@ -126,23 +89,17 @@ def _rng_preserved() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _load_chunk(worker: Any, chunk: list[tuple[str, torch.Tensor]]) -> None:
-    """Run on the vLLM worker: copy one chunk into the model through its own weight loaders."""
-    worker.model_runner.model.load_weights(chunk)
-
-
-@register_engine("vllm")
-class VLLMEngine:
-    def __init__(self, model: torch.nn.Module, eos_token_id: int, pad_token_id: int, batch_size: int = 256,
-                 cfg: Any = None, stop_token_ids: list[int] | None = None,
-                 autocast_dtype: torch.dtype | None = None, tokenizer: Any = None,
-                 workdir: str | None = None, chunk_bytes: int = CHUNK_BYTES):
+class VLLMEngine(WeightSync):
+    def __init__(self, model: torch.nn.Module, eos_token_id: int, pad_token_id: int,
+                 settings: EngineConfig | None = None, *, seed: int = 0, dtype: str | None = None,
+                 stop_token_ids: list[int] | None = None, autocast_dtype: torch.dtype | None = None,
+                 tokenizer: Any = None, workdir: str | None = None, chunk_bytes: int = CHUNK_BYTES):
+        """`settings` are the engine.* keys; `dtype` the model dtype name (None: the weights' own)."""
         self._vllm = _import_vllm()
         from vllm.platforms import current_platform
 
-        self.cfg: EngineConfig = cfg.engine if cfg is not None else EngineConfig()
-        if self.cfg.sync not in ("inplace", "reload"):
-            raise ValueError(f"engine.sync={self.cfg.sync!r}: use inplace or reload")
+        self.cfg: EngineConfig = settings or EngineConfig()
+        batch_size = self.cfg.batch_size
         self.eos = eos_token_id
         self.stop_ids = sorted({eos_token_id, *(stop_token_ids or [])})
         self.pad = pad_token_id
@@ -155,9 +112,8 @@ class VLLMEngine:
         # (config.validate checks that it divides the torchrun processes.)
         self.tp = self.cfg.tensor_parallel_size
         self.tp_group = distributed.peers(self.tp) if self.tp > 1 else None
-        self.seed = int(getattr(cfg, "seed", 0) or 0) + distributed.rank() // self.tp
-        dtype_name = cfg.model.dtype if cfg is not None else next(
-            k for k, v in _DTYPES.items() if v == next(model.parameters()).dtype)
+        self.seed = int(seed or 0) + distributed.rank() // self.tp
+        dtype_name = dtype or next(k for k, v in _DTYPES.items() if v == next(model.parameters()).dtype)
         self.dtype_name = dtype_name
         self.dtype = _DTYPES[dtype_name]
         self.on_cpu = current_platform.is_cpu()
@@ -176,7 +132,6 @@ class VLLMEngine:
         self.llm = self._build()
         self._check(model)
 
-    # --- building ------------------------------------------------------------------------
     def _save(self, model: torch.nn.Module) -> None:
         """The model's config and weights (in the engine dtype, one safetensors file per
         chunk: bounded memory) into this rank's own directory, for `LLM(model=dir)`."""
@@ -237,7 +192,6 @@ class VLLMEngine:
         self._shutdown()
         self._cleanup()
 
-    # --- generation ----------------------------------------------------------------------
     def _sampling_params(self, params: SamplingParams, seed: int | None) -> Any:
         greedy = params.temperature == 0
         return self._vllm.SamplingParams(
@@ -290,46 +244,6 @@ class VLLMEngine:
             self.probe = [list(p) + g[0].token_ids.tolist() for p, g in zip(prompts[:PROBE_SIZE], groups)]
         return groups
 
-    # --- weight sync ---------------------------------------------------------------------
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s weights, then check the log-prob gap."""
-        if self.cfg.sync == "reload" and not distributed.active():
-            self._shutdown()
-            self._save(model)
-            self.llm = self._build()
-            self.asleep = False
-        else:
-            if self.asleep:
-                self.llm.wake_up(tags=["weights"])
-            if self.cfg.sync == "inplace":
-                self._load_inplace(model)
-            else:
-                # Under torchrun a rebuild is not possible (vLLM's shutdown ends the process
-                # group it shares with the trainer): the engine re-reads the saved files
-                # through vLLM's own loader instead.
-                self._save(model)
-                self.llm.collective_rpc("reload_weights", kwargs=dict(
-                    weights_path=str(self.dir), is_checkpoint_format=True))
-            if self.asleep:
-                self.llm.wake_up(tags=["kv_cache"])
-                self.asleep = False
-            self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
-        self.syncs += 1
-        self._check(model)
-
-    def _load_inplace(self, model: torch.nn.Module) -> None:
-        chunks = weight_chunks(model, self.dtype, self.chunk_bytes)
-        with torch.no_grad():
-            try:
-                # vLLM's in-place reloader: one pass over all weights, with each layer's
-                # post-load processing re-run once its weights are in.
-                self.llm.collective_rpc("reload_weights", kwargs=dict(
-                    weights_iterator=(item for chunk in chunks for item in chunk), is_checkpoint_format=True))
-            except NotImplementedError:  # an older vLLM: the model's own loader, chunk by chunk
-                for chunk in weight_chunks(model, self.dtype, self.chunk_bytes):
-                    self.llm.collective_rpc(_load_chunk, args=(chunk,))
-
-    # --- sleep mode ----------------------------------------------------------------------
     def sleep(self) -> None:
         """Free the engine's GPU memory before the update (weights too: the next
         `sync_weights` refills them). A no-op without sleep mode."""
@@ -342,60 +256,10 @@ class VLLMEngine:
             raise RuntimeError("the vLLM engine sleeps with its weights dropped (level 2); call "
                                "sync_weights(model) after the update to wake it")
 
-    # --- the post-sync check -------------------------------------------------------------
-    def _probe_batch(self) -> list[list[int]]:
-        if self.probe is not None:
-            return self.probe
-        g = torch.Generator().manual_seed(0)  # before the first generate: fixed random tokens
-        return torch.randint(0, self.vocab_size, (PROBE_SIZE, 24), generator=g).tolist()
 
-    def engine_logprobs(self, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """Per-token log-probs of each sequence (positions 1..L-1) under the engine, temperature 1."""
-        from vllm.inputs import TokensPrompt
-
-        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], sp, use_tqdm=False)
-        return [torch.tensor([pos[tok].logprob for pos, tok in zip(o.prompt_logprobs[1:], s[1:])],
-                             dtype=torch.float32) for o, s in zip(outs, seqs)]
-
-    def trainer_logprobs(self, model: torch.nn.Module, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """The same quantity under the trainer's model, through the update's own forward."""
-        from replaygrpo.forward import score
-
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                # padded: one forward whatever the batch, as a sharded model needs on every rank
-                return score(model, [torch.tensor(s[:1]) for s in seqs], [torch.tensor(s[1:]) for s in seqs],
-                             self.pad, layout="padded")
-        finally:
-            model.train(was_training)
-            distributed.reshard(model)
-
-    def logprob_gap(self, model: torch.nn.Module, seqs: list[list[int]] | None = None) -> float:
-        """Mean |engine - trainer| per-token log-prob over the probe batch."""
-        seqs = seqs or self._probe_batch()
-        eng = torch.cat(self.engine_logprobs(seqs))
-        trn = torch.cat(self.trainer_logprobs(model, seqs))
-        return float((eng - trn).abs().mean())
-
-    def _check(self, model: torch.nn.Module) -> None:
-        # The worst gap over the ranks: all of them must decide alike, or the others would
-        # wait forever for the one that raised.
-        gap = worst_gap(distributed.gather(self.logprob_gap(model)))
-        self.last_logprob_gap = gap
-        log.debug("vLLM sync %d: logprob gap %.3g", self.syncs, gap)
-        if not gap <= self.cfg.max_logprob_gap:
-            raise RuntimeError(
-                f"vLLM engine and trainer disagree after weight sync {self.syncs} (engine.sync={self.cfg.sync}): "
-                f"mean |log-prob gap| {gap:.4g} on the probe batch is above engine.max_logprob_gap="
-                f"{self.cfg.max_logprob_gap}. The engine is not sampling from the trained weights"
-                + ("; try engine.sync=reload." if self.cfg.sync == "inplace" and not distributed.active()
-                   else "; check model.dtype and the model's config."))
-
-    def metrics(self) -> dict[str, float]:
-        """Per-step metrics for the trainer's log."""
-        return {} if self.last_logprob_gap is None else {"sync/logprob_gap": self.last_logprob_gap}
+@register_engine("vllm", tensor_parallel=True)
+def build_vllm(model: torch.nn.Module, settings: EngineConfig, setup: EngineSetup) -> VLLMEngine:
+    """vLLM reads the engine.* keys, the run's seed and the model dtype name."""
+    return VLLMEngine(model, setup.eos_token_id, setup.pad_token_id, settings, seed=setup.seed, dtype=setup.dtype,
+                      stop_token_ids=setup.stop_token_ids, autocast_dtype=setup.autocast_dtype,
+                      tokenizer=setup.tokenizer, **setup.extra)
