@@ -26,8 +26,7 @@ from replaygrpo.replay import (
     compose_batch,
     num_replay,
 )
-from replaygrpo.replay.buffer import _draw
-from replaygrpo.replay.storage import segment_ids
+from replaygrpo.replay.sampling import draw as _draw, segment_ids
 from replaygrpo.records import Rollout
 
 FLOOR = 1e-6

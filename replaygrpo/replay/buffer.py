@@ -1,22 +1,21 @@
-"""Replay buffers (DESIGN steps 4, 5, 7) and the naive baseline.
+"""The replay buffer interface and the paper's buffer (DESIGN steps 4, 5, 7).
 
-`ReplayBuffer` is the paper's buffer: individual rollouts, age eviction, and
-advantage-prioritised sampling without replacement. `NaiveReplayBuffer` is the
-`method=naive_replay` baseline: whole groups, FIFO capacity, uniform.
+`BaseReplayBuffer` is what the training loop sees; `ReplayBuffer` is the paper's
+buffer: individual rollouts, age eviction, and advantage-prioritised sampling
+without replacement. The naive baseline is in `naive.py`, the draw in `sampling.py`,
+the packed storage both buffers share in `storage.py`.
 
 Choices the paper leaves open, made here:
 - Priority floor: P(i) ∝ (|A_i| + floor)^alpha with floor = 1e-6 by default, so a
   tiny advantage still has a (tiny) chance. Computed in log space, so a large alpha
   cannot underflow every weight to zero.
-- Sampling without replacement is successive sampling (pick one ∝ weight, remove it,
-  repeat), vectorised: draws with replacement whose repeats are rejected, or the
-  Gumbel-top-k trick (Efraimidis & Spirakis 2006); both give exactly that law.
 - `sample` enforces eligibility itself (born strictly before `step`, age <= tau_max,
   reuse < max_reuse), so a caller who forgot `evict` still never trains on stale data.
 - Returned `Rollout.reuse` is the count *after* this draw (this replay included).
 - Returned tensors are views of the buffer's immutable storage: do not modify them
   in place (the loss never does; padding into a batch copies). Later adds, evictions
-  and compactions never change them. Rollouts of one group share one prompt tensor.
+  and compactions never change them. Drawn rollouts of one group share one prompt
+  tensor.
 - Group unit (`unit="group"`, and the naive buffer): groups are drawn without
   replacement and taken whole; the last group is truncated (members drawn by the
   same priority) so exactly min(n, eligible) rollouts come back. Replay ratios then
@@ -27,122 +26,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from operator import attrgetter
 from typing import Any, Literal, Self, Sequence
 
 import torch
 from torch import Tensor
 
-from replaygrpo.replay.storage import RolloutStore, segment_ids
+from replaygrpo.replay.sampling import draw, draw_groups
+from replaygrpo.replay.storage import RolloutStore
 from replaygrpo.records import Rollout
 
 _advantage = attrgetter("advantage")
-
-
-def _gumbel_topk(log_w: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """Indices of k draws without replacement, P ∝ exp(log_w), in draw order."""
-    # key_i = log w_i - log E_i with E_i ~ Exp(1): the largest key is picked with
-    # probability w_i / sum(w), and so on down (successive sampling).
-    u = torch.rand(log_w.shape, dtype=torch.float64, generator=generator)
-    keys = log_w - torch.log(-torch.log1p(-u))  # E = -log(1 - U), U ~ U[0, 1)
-    return torch.topk(keys, k).indices
-
-
-def _draw(
-    log_w: Tensor, k: int, generator: torch.Generator, skip: Tensor | None = None, w: Tensor | None = None
-) -> Tensor:
-    """Indices of k draws without replacement, P ∝ exp(log_w), in draw order.
-
-    skip: (len(log_w),) bool, entries never drawn (default: those at -inf); at least
-    k must be left. They change nothing else: the draw and the generator state after
-    it are those without them, so a buffer can skip its ineligible slots rather than
-    gather the eligible ones, and draw what a compacted (reloaded) copy draws.
-    w: exp(log_w - c) for a constant c, 0 where skipped, if the caller has it.
-
-    Same distribution as `_gumbel_topk` (successive sampling), cheaper when k is
-    small against the number left: draw with replacement from the CDF and keep
-    first occurrences. A repeat is a rejection, and "draw ∝ w, reject the taken
-    ones" is exactly "draw ∝ w among the rest". Falls back to Gumbel-top-k on what
-    is left when repeats pile up (a few heavy weights, or k near the number left).
-    """
-    if k == 0:
-        return torch.empty(0, dtype=torch.int64)
-    keep = log_w > -math.inf if skip is None else ~skip
-    m = int(keep.sum())
-    if 2 * k > m:
-        if m == log_w.numel():
-            return _gumbel_topk(log_w, k, generator)
-        idx = keep.nonzero().squeeze(1)
-        return idx[_gumbel_topk(log_w[idx], k, generator)]
-    # Skipped entries weigh exactly 0, and adding 0 leaves a sum unchanged, so the CDF
-    # takes the same values at the kept entries as without the skipped ones.
-    cdf = torch.cumsum(w, 0) if w is not None else None
-    if cdf is None or not float(cdf[-1]) > 1e-200:  # none given, or c so large that w underflows
-        top = log_w.masked_fill(~keep, -math.inf).max()
-        cdf = torch.cumsum((log_w - top).exp().masked_fill_(~keep, 0.0), 0)
-    total = cdf[-1:]
-    last = int(torch.searchsorted(cdf, total))  # the last entry that adds mass
-    taken = torch.zeros(log_w.numel(), dtype=torch.bool)
-    out: list[Tensor] = []
-    got = 0
-    for _ in range(4):
-        need = k - got
-        u = torch.rand(need + need // 4 + 8, dtype=torch.float64, generator=generator)
-        cand = torch.searchsorted(cdf, u * total, right=True).clamp_(max=last)
-        # Keep the first occurrence of each candidate not taken in earlier rounds.
-        uniq, inv = torch.unique(cand, return_inverse=True)
-        pos = torch.arange(cand.numel())
-        first = torch.full((uniq.numel(),), cand.numel()).scatter_reduce(0, inv, pos, "amin")
-        new = cand[(first[inv] == pos) & ~taken[cand]][:need]
-        taken[new] = True
-        out.append(new)
-        got += new.numel()
-        if got == k:
-            return torch.cat(out)
-    # Gumbel-top-k over the kept entries (taken ones masked), as without the skipped ones.
-    idx = keep.nonzero().squeeze(1)
-    rest = log_w[idx].masked_fill(taken[idx], -math.inf)
-    out.append(idx[_gumbel_topk(rest, k - got, generator)])
-    return torch.cat(out)
-
-
-def _draw_groups(
-    slots: Tensor, groups: Tensor, log_w: Tensor, k: int, generator: torch.Generator
-) -> Tensor:
-    """k slots taken as whole groups, groups drawn ∝ mean(w), the last one truncated.
-
-    slots, groups, log_w: (M,) eligible slots, their group ids, their log-weights.
-    """
-    # Arrange members group by group, insertion order inside. Rollouts of a group
-    # usually arrive together, so each group is one run and no sort is needed.
-    runs, run_len = torch.unique_consecutive(groups, return_counts=True)
-    if torch.unique(runs).numel() == runs.numel():
-        members, count = torch.arange(groups.numel()), run_len
-    else:
-        members = torch.argsort(groups, stable=True)
-        count = torch.unique_consecutive(groups[members], return_counts=True)[1]
-    inv = segment_ids(count)  # group of members[i]
-    lw = log_w[members]
-    # log(mean w) per group, stable: log-sum-exp around the group's max.
-    top = torch.full((count.numel(),), -math.inf, dtype=torch.float64)
-    top = top.scatter_reduce(0, inv, lw, "amax")
-    total = torch.zeros_like(top).index_add_(0, inv, (lw - top[inv]).exp())
-    log_mean = top + total.log() - count.log()
-    # Every group has >= 1 member, so k groups always suffice.
-    order = _draw(log_mean, min(k, count.numel()), generator)
-    start = torch.cumsum(count, 0) - count
-    taken: list[Tensor] = []
-    need = k
-    for s, c in zip(start[order].tolist(), count[order].tolist()):
-        m = members[s : s + c]
-        if c > need:  # last group: keep `need` members, drawn by the same priority
-            m = m[_gumbel_topk(log_w[m], need, generator).sort().values]
-        taken.append(m)
-        need -= m.numel()
-        if need == 0:
-            break
-    return slots[torch.cat(taken)]
 
 
 class BaseReplayBuffer(ABC):
@@ -187,11 +81,8 @@ class BaseReplayBuffer(ABC):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of tensor storage held (token chunks and per-rollout columns).
-
-        Not counted: Python objects, mainly one cached prompt view per stored group
-        (~0.6 KB each, ~0.08 byte per token at 8 rollouts of 1,000 tokens a group).
-        """
+        """Bytes of tensor storage held (token chunks and per-rollout columns); the
+        store keeps no Python object per rollout or group, only one per add call."""
         return self._store.nbytes
 
     def ages(self, step: int) -> Tensor:
@@ -250,7 +141,7 @@ class ReplayBuffer(BaseReplayBuffer):
         unit: Literal["rollout", "group"] = "rollout",
     ) -> None:
         # Per slot: log_w = alpha * log(|A| + floor) (-inf once evicted), and the CDF
-        # weights of `_draw`, w = exp(log_w - w_top), w_top the largest log_w stored:
+        # weights of `draw`, w = exp(log_w - w_top), w_top the largest log_w stored:
         # redone over the buffer only when w_top changes, not at every draw. w_top
         # depends on live rollouts only, so a reloaded copy computes the same w.
         super().__init__(extra_columns={"log_w": torch.float64, "w": torch.float64})
@@ -342,89 +233,11 @@ class ReplayBuffer(BaseReplayBuffer):
         log_w = self._store.col("log_w")
         if self.unit == "rollout":
             # Over every slot, skipping the ineligible: the same draw as over the
-            # eligible ones only (see _draw), without gathering them.
+            # eligible ones only (see draw), without gathering them.
             off = ~ok
-            picked = _draw(log_w, k, generator, skip=off, w=self._weights(off))
+            picked = draw(log_w, k, generator, skip=off, w=self._weights(off))
         else:
             slots = ok.nonzero().squeeze(1)
-            picked = _draw_groups(slots, self._store.col("group")[slots], log_w[slots], k, generator)
+            picked = draw_groups(slots, self._store.col("group")[slots], log_w[slots], k, generator)
         self._store.col("reuse")[picked] += 1
         return self._store.rollouts(picked)
-
-
-class NaiveReplayBuffer(BaseReplayBuffer):
-    """Baseline: whole groups, FIFO with `capacity` counted in rollouts, uniform.
-
-    A group whose advantages are all zero is skipped; otherwise all its rollouts are
-    stored (zeros included: that is the naive baseline). Groups are keyed by
-    group_id; rollouts of one group arriving in two add calls join the same group
-    and keep its FIFO place. No age bound, no reuse bound.
-    """
-
-    kind = "naive"
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._fifo: OrderedDict[int, int] = OrderedDict()  # group_id -> stored rollouts
-
-    def _config(self) -> dict[str, Any]:
-        return {"capacity": self.capacity}
-
-    def add(self, rollouts: Sequence[Rollout]) -> int:
-        """Store whole non-degenerate groups, then trim the oldest to capacity.
-
-        Returns the number accepted by this call (before the capacity trim, which
-        counts as eviction, as if `evict` had run).
-        """
-        groups: dict[int, list[Rollout]] = {}
-        for r in rollouts:
-            groups.setdefault(r.group_id, []).append(r)
-        keep = [g for g in groups.values() if any(r.advantage != 0.0 for r in g)]
-        self._store.append([r for g in keep for r in g])
-        for g in keep:
-            self._fifo[g[0].group_id] = self._fifo.get(g[0].group_id, 0) + len(g)
-        self._trim()
-        return sum(len(g) for g in keep)
-
-    def _trim(self) -> int:
-        drop, total = [], len(self._store)
-        while total > self.capacity:
-            gid, size = self._fifo.popitem(last=False)
-            drop.append(gid)
-            total -= size
-        if not drop:
-            return 0
-        return self._store.kill(torch.isin(self._store.col("group"), torch.tensor(drop, dtype=torch.int64)))
-
-    def evict(self, step: int) -> int:
-        """No age bound: only re-checks capacity, which `add` already enforces."""
-        return self._trim()
-
-    def sample(self, n: int, step: int, generator: torch.Generator) -> list[Rollout]:
-        """Whole groups born before `step`, uniformly without replacement, until n."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        slots = self._eligible(step)
-        k = min(n, int(slots.numel()))
-        if k == 0:
-            return []
-        zeros = torch.zeros(slots.numel(), dtype=torch.float64)  # uniform weights
-        picked = _draw_groups(slots, self._store.col("group")[slots], zeros, k, generator)
-        self._store.col("reuse")[picked] += 1
-        return self._store.rollouts(picked)
-
-    def _eligible_mask(self, step: int) -> Tensor:
-        return self._store.col("alive") & (self._store.col("birth") < step)
-
-    def _extra_state(self) -> dict[str, Tensor]:
-        return {
-            "fifo.group": torch.tensor(list(self._fifo.keys()), dtype=torch.int64),
-            "fifo.size": torch.tensor(list(self._fifo.values()), dtype=torch.int64),
-        }
-
-    def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
-        keys, sizes = tensors["fifo.group"].tolist(), tensors["fifo.size"].tolist()
-        self._fifo = OrderedDict(zip(keys, sizes))

@@ -1,40 +1,44 @@
-"""Compact storage of rollouts: the mechanics under both replay buffers, no policy.
+"""Packed storage of rollouts: the mechanics under both replay buffers, no policy.
 
-Layout. Rollouts added in one call are packed into one immutable *chunk*: their
-completion ids (int32) and behaviour log-probs (float32) concatenated, and their
-prompt ids stored once per group (all G rollouts of a group share the prompt). So a
-stored completion token costs 8 bytes. Per-rollout scalars (birth step, advantage,
-reuse count, offsets into the chunk, ...) live in column tensors indexed by *slot*,
-so eviction and eligibility are vectorised over the buffer.
+Layout. Rollouts added in one call are packed into one *chunk*: their completion ids
+(int32) and behaviour log-probs (float32) concatenated, and their prompt ids stored
+once per group (all G rollouts of a group share the prompt). So a stored completion
+token costs 8 bytes. Per-rollout scalars (birth step, advantage, reuse count,
+offsets into the chunk, ...) live in column tensors indexed by *slot*, so eviction,
+eligibility and the priority draw are vectorised over the buffer. No Python object
+is kept per stored rollout or group.
 
-Cost. Beyond copying the tokens once, a step at paper scale (scripts/bench_buffer.py:
-add 1,024 rollouts of 1,000 tokens, evict, sample 512 of 100,000) is per-rollout
-Python and per-tensor overhead (making and freeing a view per rollout field), so:
-- `append` reads each field of each rollout once, converts the scalars with
-  array.array, and copies tokens and log-probs with one `torch.cat` each. A group's
-  prompt is taken from its first rollout; the others are checked with torch.equal,
-  which answers from the metadata when both are views of the same memory.
-- Each group's prompt view is made once, when its chunk is built, and shared by
-  every rollout of that group that `rollouts` hands out.
-- `rollouts` reads every column with one `tolist` and makes the two other views
-  per rollout (completion ids, log-probs) as slices of the chunk: no copy.
+Reads. `rollouts(slots)` is the only place `Rollout` records are made, for the few
+slots a sample draws: two views per rollout (completion ids, log-probs) sliced from
+its chunk, and one prompt view per distinct group among them, shared by its drawn
+rollouts. Nothing is copied.
+
+Cost at paper scale (scripts/bench_buffer.py: add 1,024 rollouts of 1,000 tokens,
+evict, sample 512 of 100,000): copying the added tokens once, making the ~1,500
+views and 512 records a sample returns, and vector ops over the ~100k slots.
+`append` reads each field of each rollout once, converts the scalars with
+array.array, copies tokens and log-probs with one `torch.cat` each, and checks that
+a group's rollouts share a prompt from the tensors' memory addresses (rows of one
+prompt batch) before comparing any tokens.
 
 Invariants the buffers rely on:
 - Live slots are always in insertion order (dead slots are compacted away with
   the order kept), and a state_dict round trip keeps that order. Samplers draw over
   "live eligible slots in order", so the same generator state gives the same draw.
 - Chunks are never written after they are built: `kill`, `_compact` and `_repack`
-  only write the columns, and a repack copies the live rollouts into new tensors. A
+  only write the columns, and a repack copies the live rollouts into a new chunk. A
   returned rollout's tensors are views of a chunk, and a view keeps its chunk's memory
   alive (torch counts references to storage), so no later add, evict, repack or
   compaction can change or free what an earlier `sample` handed out.
+- A chunk is rebuilt when fewer than half of its completion tokens are live, and
+  freed when none are, so memory stays within about 2x of the live tokens.
 """
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from itertools import starmap
-from operator import attrgetter
+from operator import attrgetter, eq
 from typing import Any, Sequence
 
 import torch
@@ -59,18 +63,30 @@ COLUMNS: dict[str, torch.dtype] = {
     "p_len": torch.int64,
 }
 
+_dtype = attrgetter("dtype")
 _ARRAY_CODE = {torch.int64: "q", torch.float64: "d"}  # array.array type codes
 
+# `rollouts` builds records positionally from these leading fields (any later field
+# must have a default); checked here so a reordered record fails loudly, not silently.
+_ROLLOUT_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "reward", "advantage", "birth_step", "prompt_id",
+                   "group_id", "reuse")
+_rest = fields(Rollout)[len(_ROLLOUT_FIELDS):]
+if tuple(f.name for f in fields(Rollout)[: len(_ROLLOUT_FIELDS)]) != _ROLLOUT_FIELDS or any(
+        f.default is MISSING and f.default_factory is MISSING for f in _rest):
+    raise ImportError(f"replay/storage.py builds Rollout records positionally from {_ROLLOUT_FIELDS}; "
+                      "records.Rollout no longer starts with them: update RolloutStore.rollouts")
+
 # Integer columns `RolloutStore.rollouts` reads (with one tolist), in unpacking order.
-_INT_COLUMNS = ("chunk", "c_off", "c_len", "p_off", "birth", "prompt_id", "group", "reuse")
+_INT_COLUMNS = ("chunk", "c_off", "c_len", "p_off", "p_len", "birth", "prompt_id", "group", "reuse")
 
 
 @dataclass(slots=True)
 class _Chunk:
+    """The tokens of one add call (or of one repack), never written after it is built."""
+
     ids: Tensor  # (T,) int32, completions of the chunk's rollouts, concatenated
     logp: Tensor  # (T,) float32, behaviour log-probs aligned with ids
     prompts: Tensor  # (Q,) int32, one prompt per group, concatenated
-    prompt_views: dict[int, Tensor]  # p_off -> prompts[p_off : p_off + p_len], one per group
     live: int = 0  # live rollouts pointing into this chunk
     live_tokens: int = 0  # their completion tokens
 
@@ -79,32 +95,11 @@ class _Chunk:
         return sum(t.numel() * t.element_size() for t in (self.ids, self.logp, self.prompts))
 
 
-def segment_ids(lengths: Tensor) -> Tensor:
-    """(sum(lengths),) int64: i repeated lengths[i] times, like repeat_interleave.
-
-    Written with cumsum because torch.repeat_interleave hands even tiny inputs to
-    its thread pool, which costs milliseconds on a busy machine.
-    """
-    total = int(lengths.sum())
-    starts = torch.cumsum(lengths, 0)[:-1]
-    starts = starts[starts < total]  # empty trailing segments start at the end
-    marks = torch.zeros(total, dtype=torch.int64).index_add_(0, starts, torch.ones_like(starts))
-    return torch.cumsum(marks, 0)
-
-
 def _column(values: Sequence[Any], dtype: torch.dtype) -> Tensor:
     """(len(values),) tensor of Python numbers, ~3x faster than torch.tensor(values)."""
     if not values:
         return torch.empty(0, dtype=dtype)
     return torch.frombuffer(array(_ARRAY_CODE[dtype], values), dtype=dtype)
-
-
-def _prompt_views(prompts: Tensor, offsets: Sequence[int], lengths: Sequence[int]) -> dict[int, Tensor]:
-    """p_off -> view of that group's prompt in `prompts`.
-
-    Keyed by offset alone, which is unique because prompts are never empty.
-    """
-    return {o: prompts[o : o + n] for o, n in zip(offsets, lengths)}
 
 
 def _pack(
@@ -118,20 +113,26 @@ def _pack(
     first: dict[int, int] = {}  # group_id -> index of its first rollout here
     src = [first.setdefault(g, i) for i, g in enumerate(groups)]
     # A shared group id promises a shared prompt; check it rather than silently train
-    # a rollout on another rollout's prompt. torch.equal answers without reading the
-    # tokens when both are views of the same memory (rows of one prompt batch).
-    pairs = [(p, prompts[j]) for p, j in zip(prompts, src) if p is not prompts[j]]
-    if not all(starmap(torch.equal, pairs)):
-        raise ValueError("rollouts with the same group_id must have the same prompt_ids")
+    # a rollout on another rollout's prompt. Contiguous tensors of one dtype and
+    # length at one address hold the same tokens (rows of one prompt batch): when that
+    # holds for every rollout, a few C-level passes settle it; otherwise torch.equal
+    # compares the pairs it does not settle.
+    ptr, num = list(map(Tensor.data_ptr, prompts)), list(map(Tensor.numel, prompts))
+    same_memory = (all(map(eq, ptr, map(ptr.__getitem__, src))) and all(map(eq, num, map(num.__getitem__, src)))
+                   and all(map(Tensor.is_contiguous, prompts)) and len(set(map(_dtype, prompts))) == 1)
+    if not same_memory:
+        pairs = [(p, prompts[j]) for p, j in zip(prompts, src) if p is not prompts[j]]
+        if not all(starmap(torch.equal, pairs)):
+            raise ValueError("rollouts with the same group_id must have the same prompt_ids")
     # torch.cat copies, so the chunk owns compact storage even when the caller's
     # tensors are row views of a padded batch.
-    ids = torch.cat(comps).to(torch.int32)
-    logp = torch.cat(logps).to(torch.float32)
+    ids = torch.cat(comps).detach().to("cpu", torch.int32)
+    logp = torch.cat(logps).detach().to("cpu", torch.float32)
     heads = [prompts[j] for j in first.values()]
     head_len_list = list(map(Tensor.numel, heads))
     if 0 in head_len_list:  # an empty prompt has no position to score the first token from
         raise ValueError("prompt_ids must not be empty")
-    flat_prompts = torch.cat(heads).to(torch.int32)
+    flat_prompts = torch.cat(heads).to("cpu", torch.int32)
     head_len = _column(head_len_list, torch.int64)
     head_off = torch.cumsum(head_len, 0) - head_len
     # src holds each group's first index, so unique's sorted order is the heads' order.
@@ -143,8 +144,7 @@ def _pack(
         "p_off": head_off[group],
         "p_len": head_len[group],
     }
-    views = _prompt_views(flat_prompts, head_off.tolist(), head_len.tolist())
-    chunk = _Chunk(ids, logp, flat_prompts, views, live=len(comps), live_tokens=int(ids.numel()))
+    chunk = _Chunk(ids, logp, flat_prompts, live=len(comps), live_tokens=int(ids.numel()))
     return chunk, cols
 
 
@@ -197,15 +197,16 @@ class RolloutStore:
         if not rollouts:
             return start
         k = len(rollouts)
-        # One list comprehension per field: faster than one pass building tuples.
+        # One list comprehension per field (3x faster than one attrgetter pass and a
+        # transpose): the only per-rollout Python work of an add.
         group = [r.group_id for r in rollouts]
         chunk, cols = _pack([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
                             [r.old_logprobs for r in rollouts], group)
-        ints = [r.birth_step for r in rollouts] + group + [r.prompt_id for r in rollouts]
-        ints += [r.reuse for r in rollouts]
-        cols["birth"], cols["group"], cols["prompt_id"], cols["reuse"] = _column(ints, torch.int64).view(4, k)
-        floats = [r.reward for r in rollouts] + [r.advantage for r in rollouts]
-        cols["reward"], cols["advantage"] = _column(floats, torch.float64).view(2, k)
+        birth, prompt_id = [r.birth_step for r in rollouts], [r.prompt_id for r in rollouts]
+        reuse, reward, adv = [r.reuse for r in rollouts], [r.reward for r in rollouts], [r.advantage for r in rollouts]
+        ints = _column(birth + group + prompt_id + reuse, torch.int64).view(4, k)
+        cols["birth"], cols["group"], cols["prompt_id"], cols["reuse"] = ints
+        cols["reward"], cols["advantage"] = _column(reward + adv, torch.float64).view(2, k)
         self._reserve(start + k)
         for name, values in cols.items():
             self._cols[name][start : start + k] = values
@@ -246,20 +247,25 @@ class RolloutStore:
         return int(slots.numel())
 
     def rollouts(self, slots: Tensor) -> list[Rollout]:
-        """Rollouts at `slots`; their tensors are views of immutable chunk storage."""
+        """Rollouts at `slots`, in that order; their tensors are views of immutable chunks."""
         cols = self._cols
         ints = torch.stack([cols[k].index_select(0, slots) for k in _INT_COLUMNS])
         ints[2] += ints[1]  # completion end
-        cid, c_start, c_end, p_off, birth, prompt_id, group, reuse = ints.tolist()
+        cid, c_start, c_end, p_off, p_len, birth, prompt_id, group, reuse = ints.tolist()
         reward, adv = torch.stack([cols[k].index_select(0, slots) for k in ("reward", "advantage")]).tolist()
-        chunks = self._chunks
-        return [
-            Rollout(prompt_ids=chunks[ch].prompt_views[po], completion_ids=chunks[ch].ids[cs:ce],
-                    old_logprobs=chunks[ch].logp[cs:ce], reward=rw, advantage=a, birth_step=b, prompt_id=pid,
-                    group_id=gid, reuse=ru)
-            for ch, cs, ce, po, b, pid, gid, ru, rw, a in zip(
-                cid, c_start, c_end, p_off, birth, prompt_id, group, reuse, reward, adv)
-        ]
+        chunks = [self._chunks[c] for c in cid]
+        # One prompt view per distinct group among the drawn, shared by its rollouts.
+        views: dict[tuple[int, int], Tensor] = {}
+        prompts = []
+        for ch, c, o, n in zip(chunks, cid, p_off, p_len):
+            view = views.get((c, o))
+            if view is None:
+                view = views[c, o] = ch.prompts[o : o + n]
+            prompts.append(view)
+        comps = [ch.ids[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
+        logps = [ch.logp[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
+        # Positional construction, a quarter of the cost of keywords (order checked above).
+        return list(starmap(Rollout, zip(prompts, comps, logps, reward, adv, birth, prompt_id, group, reuse)))
 
     def _reserve(self, n: int) -> None:
         cap = self._cols["alive"].numel()
@@ -305,20 +311,17 @@ class RolloutStore:
             values = tensors[f"slot.{k}"] if k != "alive" else torch.ones(n, dtype=torch.bool)
             self._cols[k][:n] = values.to(COLUMNS[k])
         self._n = self._alive = n
+        if bool((self.col("p_len") == 0).any()):  # append rejects them; a state saved before it did may hold one
+            raise ValueError("buffer state holds a rollout with empty prompt_ids")
         self._tokens = int(self.col("c_len").sum())
+        chunk_of = self.col("chunk")
         for cid in meta["chunks"]:
-            chunk_slots = self.col("chunk") == cid
-            prompts = tensors[f"chunk.{cid}.prompts"].to(torch.int32)
-            p_off, p_len = torch.unique(
-                torch.stack([self.col("p_off")[chunk_slots], self.col("p_len")[chunk_slots]]), dim=1).tolist()
-            if 0 in p_len:  # append rejects them; a state saved before it did may hold one
-                raise ValueError("buffer state holds a rollout with empty prompt_ids")
+            in_chunk = chunk_of == cid
             self._chunks[cid] = _Chunk(
-                ids=tensors[f"chunk.{cid}.ids"].to(torch.int32),
-                logp=tensors[f"chunk.{cid}.logp"].to(torch.float32),
-                prompts=prompts,
-                prompt_views=_prompt_views(prompts, p_off, p_len),
-                live=int(chunk_slots.sum()),
-                live_tokens=int(self.col("c_len")[chunk_slots].sum()),
+                ids=tensors[f"chunk.{cid}.ids"].to(torch.int32).contiguous(),
+                logp=tensors[f"chunk.{cid}.logp"].to(torch.float32).contiguous(),
+                prompts=tensors[f"chunk.{cid}.prompts"].to(torch.int32).contiguous(),
+                live=int(in_chunk.sum()),
+                live_tokens=int(self.col("c_len")[in_chunk].sum()),
             )
         self._next_chunk = int(meta["next_chunk"])
