@@ -252,12 +252,12 @@ def _generate_benchmark(name: str, todo: list[tuple[Problem, int]], path: Path, 
             params = SamplingParams(n=1, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                     max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed * 100_003 + b)
             outs = engine.generate([prompt_ids[p.id] for p, _ in batch], params)
-            rows = []
+            rows, g = [], pool.settings
             for (p, s), (c,) in zip(batch, outs):
                 ids, stopped = _truncate(c.token_ids.tolist(), stop_ids)
                 response = tok.decode(ids, skip_special_tokens=True)
                 rows.append({"problem_id": p.id, "sample": s, "prompt": prompts[p.id], "response": response,
-                             "extracted": extract_answer(response, pool.settings.fallback), "gold": p.gold,
+                             "extracted": extract_answer(response, g.fallback, g.join_boxes), "gold": p.gold,
                              "tolerance": p.tolerance, "correct": None, "tokens": len(ids),
                              "finish_reason": "stop" if stopped else c.finish_reason})
             if pending is not None:
@@ -369,7 +369,8 @@ def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0, grader:
             records = load_records(path)
             oks = _grade_rows(pool, records)
             for r, ok in zip(records, oks):
-                r["extracted"], r["correct"] = extract_answer(r["response"], chosen.fallback), bool(ok)
+                r["extracted"] = extract_answer(r["response"], chosen.fallback, chosen.join_boxes)
+                r["correct"] = bool(ok)
             _atomic_write(path, _jsonl(records))
             summaries[name] = summarize(records, samples_per_problem(settings, name), settings.get("pass_k", ()))
     results = build_results(settings, summaries)

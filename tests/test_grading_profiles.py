@@ -108,3 +108,19 @@ def test_equivalence_does_not_import_the_process_layer() -> None:
     src = Path(__file__).resolve().parent.parent / "replaygrpo" / "grading" / "equivalence.py"
     imported = {n.module for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, ast.ImportFrom)}
     assert not any(m and m.endswith((".pool", ".grader")) for m in imported), imported
+
+
+@pytest.mark.parametrize(
+    ("response", "joined"),
+    [
+        (r"\boxed{1} and \boxed{2} and \boxed{3}", "1, 2, 3"),
+        (r"\boxed{1},\boxed{2},\boxed{3}", "1, 2, 3"),
+        (r"$\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$", "(2, 2), (6, 2)"),
+        (r"\boxed{1} no no no no no \boxed{2}", "2"),  # words between: separate answers, the last counts
+        (r"first \boxed{1}, then \boxed{2}", "2"),
+    ],
+)
+def test_boxes_joined_only_across_connectives(response: str, joined: str) -> None:
+    assert extract_answer(response, join_boxes=True) == joined
+    assert grade(response, "{" + joined + "}") if "," in joined else True
+    assert extract_answer(response) == response.rsplit("boxed{", 1)[1].rsplit("}", 1)[0]  # the harness: last box

@@ -13,7 +13,8 @@ from replaygrpo.report.aes import AESError, aes, aes_of_average, aes_per_benchma
 from replaygrpo.report.plot import make_plots
 from replaygrpo.report.table import MixedSettingsError, TableError, make_table
 
-GRADER = {"rel_tol": 1e-06, "exact_integers": True, "percent": "sign", "fallback": "math", "item_tolerance": True}
+GRADER = {"rel_tol": 1e-06, "exact_integers": True, "percent": "sign", "fallback": "math", "join_boxes": True,
+          "item_tolerance": True}
 
 
 # ---------------------------------------------------------------- AES
@@ -89,8 +90,8 @@ def test_table_markdown(dirs: dict[str, Path]) -> None:
     lines = md.splitlines()
     assert lines[0] == ("Eval protocol (shared by every row): samples per problem 1 on each benchmark; problems "
                         "MATH500 4, AIME24 2; temperature 0.6; top_p 0.95; max_new_tokens 8192; template qwen_math; "
-                        "grader default (exact_integers=True, fallback=math, item_tolerance=True, percent=sign, "
-                        "rel_tol=1e-06).")
+                        "grader default (exact_integers=True, fallback=math, item_tolerance=True, join_boxes=True, "
+                        "percent=sign, rel_tol=1e-06).")
     assert lines[1] == ""
     lines = lines[2:]
     assert lines[0].startswith("| Method | Seeds | MATH500 | AIME24 | Avg | Tokens | AES (of avg) | AES (mean) |")
@@ -176,7 +177,7 @@ def test_table_refuses_other_problem_sets(dirs: dict[str, Path], tmp_path: Path)
     with pytest.raises(MixedSettingsError, match=r"problems in math500 \(4 in 'base_model', 2 in 'fewer'\)"):
         make_table([dirs["base"], fewer], "base_model")
     partial = write_eval(tmp_path / "partial", {"math500": [1, 0, 0, 0]}, {"math500": 9})
-    with pytest.raises(MixedSettingsError, match=r"benchmarks \(math500, aime24 in 'base_model', math500 in 'partial'"):
+    with pytest.raises(MixedSettingsError, match=r"benchmarks \(aime24, math500 in 'base_model', math500 in 'partial'"):
         make_table([dirs["base"], partial], "base_model")
 
 

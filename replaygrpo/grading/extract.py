@@ -64,13 +64,26 @@ def _box_spans(text: str) -> list[tuple[int, int, int]]:
     return sorted((opens[p], p + 1, closes.get(p, -1)) for p in opens)
 
 
-def _last_box(text: str) -> tuple[int, str] | None:
-    """Position and content of the last balanced, non-empty box of either form."""
+# What may stand between boxes that together give one answer: `\boxed{2}, \boxed{3}`,
+# `\boxed{x=1} \quad \text{and} \quad \boxed{y=2}`; any other word keeps them apart.
+_BOX_GAP = re.compile(r"(?:\s|[,;$]|\\[,;]|\\q?quad\b|\\[()]|\\text\{\s*(?:and|or)?\s*\}|\band\b|\bor\b)*")
+
+
+def _last_box(text: str, join: bool = False) -> tuple[int, str] | None:
+    """Position and content of the last balanced, non-empty box of either form; with
+    `join`, the boxes just before it that only connectives separate come along, comma-joined."""
     best: tuple[int, str] | None = None
-    for start, lo, hi in reversed(_box_spans(text)):
-        if hi >= 0 and text[lo:hi].strip():
-            best = (start, text[lo:hi].strip())
-            break
+    spans = [(start, lo, hi) for start, lo, hi in _box_spans(text) if hi >= 0 and text[lo:hi].strip()]
+    if spans:
+        start, lo, hi = spans[-1]
+        parts = [text[lo:hi].strip()]
+        for prev in reversed(spans[:-1]) if join else ():
+            gap = text[prev[2] + 1:start]
+            if len(gap) > 80 or _BOX_GAP.fullmatch(gap) is None:
+                break
+            parts.insert(0, text[prev[1]:prev[2]].strip())
+            start = prev[0]
+        best = (spans[-1][0], ", ".join(parts))
     # `\boxed 5` is rare, so only the last one matters; it wins if it comes later.
     token = None
     for token in _BOX_TOKEN.finditer(text):
@@ -114,14 +127,15 @@ def _last_number(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def extract_answer(response: str, fallback: str = "phrase") -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{}``, ``\\boxed X``); without a box,
-    the ``fallback`` (none, phrase, math or last_number; see the module docstring), else
-    None. Never raises."""
+def extract_answer(response: str, fallback: str = "phrase", join_boxes: bool = False) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{}``, ``\\boxed X``); with
+    ``join_boxes``, the boxes just before it that only connectives separate (``\\boxed{2},
+    \\boxed{3}``) are joined with commas. Without a box, the ``fallback`` (none, phrase,
+    math or last_number; see the module docstring), else None. Never raises."""
     try:
         if not isinstance(response, str) or not response:
             return None
-        boxed = _last_box(response)
+        boxed = _last_box(response, join_boxes)
         if boxed is not None:
             return boxed[1]
         if fallback == "none":

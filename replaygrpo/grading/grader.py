@@ -31,7 +31,7 @@ def grade(response: str, gold: str, timeout: float = 5.0, settings: GraderSettin
     """Extract the final answer from ``response`` (fallback per ``settings``) and compare it with ``gold``."""
     settings = settings or GraderSettings()
     try:
-        answer = extract_answer(response, settings.fallback)
+        answer = extract_answer(response, settings.fallback, settings.join_boxes)
         return answer is not None and equivalent(answer, str(gold), timeout, settings, tolerance)
     except Exception:  # noqa: BLE001
         return False

@@ -311,7 +311,7 @@ class GradingPool:
 
     def _prepare(self, response: str, gold: str, tolerance: float | None) -> tuple[bool | None, str, str]:
         try:
-            answer = extract_answer(response, self.settings.fallback)
+            answer = extract_answer(response, self.settings.fallback, self.settings.join_boxes)
             if answer is None:
                 return False, "", ""
             return prepare(answer, str(gold), self.settings, tolerance)

@@ -13,6 +13,9 @@ explicit here, so an eval records which protocol it followed (results.json `grad
   last "the answer is X"), ``"math"`` (that, else the last ``$...$``/``\\(...\\)`` span
   of the last paragraph holding math), ``"last_number"`` (phrase, else the last number in
   the text, the harness's rule), or ``"none"``.
+- ``join_boxes``: boxes that only connectives separate (``\\boxed{2}, \\boxed{3}``,
+  ``\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}``) form one answer, as in
+  math-verify; the harness reads the last box alone.
 - ``item_tolerance``: honour a per-problem absolute tolerance where a benchmark gives one
   (OlympiadBench's ``error`` field, 1 of 675 problems); the harness ignores it.
 """
@@ -36,6 +39,8 @@ class GraderSettings:
     """sign or harness; see the module docstring."""
     fallback: str = "math"
     """Answer of a response without a box: none, phrase, math or last_number."""
+    join_boxes: bool = True
+    """Boxes separated only by connectives (`,` `and` `\\quad`) are one comma-joined answer."""
     item_tolerance: bool = True
     """Use a problem's own absolute tolerance (OlympiadBench `error`) when it has one."""
 
@@ -57,7 +62,7 @@ PROFILES: dict[str, GraderSettings] = {
     # The Qwen2.5-Math evaluation harness (also SimpleRL-Zoo's copy): math_equal's
     # isclose(rel_tol=1e-4) on every number, include_percentage, last-number fallback.
     "qwen_math": GraderSettings(rel_tol=1e-4, exact_integers=False, percent="harness", fallback="last_number",
-                                item_tolerance=False),
+                                join_boxes=False, item_tolerance=False),
 }
 
 

@@ -140,7 +140,7 @@ def _per_problem(run: Run, bench: str) -> dict[str, list[float]]:
 def protocol(run: Run) -> dict[str, Any]:
     """The eval settings that make numbers comparable, as `setting name -> value`."""
     res, cfg = run.results, run.results.get("config") or {}
-    out: dict[str, Any] = {"benchmarks": ", ".join(res["benchmarks"])}
+    out: dict[str, Any] = {"benchmarks": ", ".join(sorted(res["benchmarks"]))}
     for name, b in res["benchmarks"].items():
         out[f"samples per problem on {name}"] = b.get("k", res["k"])
         out[f"problems in {name}"] = b["n"]
