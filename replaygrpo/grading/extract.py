@@ -66,24 +66,26 @@ def _box_spans(text: str) -> list[tuple[int, int, int]]:
 
 # What may stand between boxes that together give one answer: `\boxed{2}, \boxed{3}`,
 # `\boxed{x=1} \quad \text{and} \quad \boxed{y=2}`; any other word keeps them apart.
-_BOX_GAP = re.compile(r"(?:\s|[,;$]|\\[,;]|\\q?quad\b|\\[()]|\\text\{\s*(?:and|or)?\s*\}|\band\b|\bor\b)*")
+_MAX_JOINED = 64  # more boxes than this in a row are not one answer
+_BOX_GAP = re.compile(r"(?:\s|[,;$]|\\[,;]|\\q?quad\b|\\[()]|\\text\{[^{}]*\}|\band\b|\bor\b)*")
 
 
 def _last_box(text: str, join: bool = False) -> tuple[int, str] | None:
     """Position and content of the last balanced, non-empty box of either form; with
-    `join`, the boxes just before it that only connectives separate come along, comma-joined."""
+    `join`, the boxes just before it that only connectives or \\text{} separate come along,
+    comma-joined."""
     best: tuple[int, str] | None = None
     spans = [(start, lo, hi) for start, lo, hi in _box_spans(text) if hi >= 0 and text[lo:hi].strip()]
     if spans:
         start, lo, hi = spans[-1]
         parts = [text[lo:hi].strip()]
-        for prev in reversed(spans[:-1]) if join else ():
+        for prev in reversed(spans[-_MAX_JOINED:-1]) if join else ():
             gap = text[prev[2] + 1:start]
             if len(gap) > 80 or _BOX_GAP.fullmatch(gap) is None:
                 break
-            parts.insert(0, text[prev[1]:prev[2]].strip())
+            parts.append(text[prev[1]:prev[2]].strip())
             start = prev[0]
-        best = (spans[-1][0], ", ".join(parts))
+        best = (spans[-1][0], ", ".join(reversed(parts)))
     # `\boxed 5` is rare, so only the last one matters; it wins if it comes later.
     token = None
     for token in _BOX_TOKEN.finditer(text):
@@ -190,8 +192,9 @@ _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
 _VAR_PREFIX = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?)\s*(?:=|\\in\b)")
 _MC_LETTER = re.compile(r"^\(([A-Ea-e])\)$")
 _NUMPY = re.compile(r"\bnp\.(?=[a-z])")
-# Whitespace goes, except after a command name before a letter (`\cdot x`, `\pi r`).
-_WS = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+")
+# Whitespace goes, except after a command name or a one-character subscript before a
+# letter (`\cdot x`, `\pi r`, `F_k F_{n}`: `F_kF` would read as one subscript `kF`).
+_WS = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|([_^][A-Za-z0-9])\s+(?=[A-Za-z\\])|\s+")
 
 
 def _strip_outer_text(s: str) -> str:
@@ -221,7 +224,7 @@ def normalize(answer: str) -> str:
     s = _FRAC_DIGIT_SECOND.sub(r"\1{\2}", s)
     s = _SQRT_DIGIT.sub(r"\\sqrt{\1}", s)
     s = _NUMPY.sub("\\\\", s)
-    s = _WS.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
+    s = _WS.sub(lambda m: (m.group(1) or m.group(2)) + " " if m.group(1) or m.group(2) else "", s)
     if s.count("=") == 1 or "\\in" in s[:12]:
         s = _VAR_PREFIX.sub("", s, count=1)
     s = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), s) if _is_one_number(s) else s
