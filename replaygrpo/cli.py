@@ -186,9 +186,11 @@ def eval_(
     """Evaluate a model on the math benchmarks with Hydra OVERRIDES.
 
     Keys: model.name_or_path (hub id, model dir or training run dir), eval.benchmarks,
-    eval.k, eval.temperature, eval.top_p, eval.max_new_tokens, eval.limit, eval.out,
-    eval.data_root (local files in the layout of shared/data/benchmarks). Rerunning with
-    the same eval.out resumes.
+    eval.k (samples per problem), eval.k_per_benchmark (e.g. '{aime24:32,amc23:32}'),
+    eval.pass_k, eval.temperature, eval.top_p, eval.max_new_tokens, eval.limit, eval.out,
+    eval.data_root (local files in the layout of shared/data/benchmarks), eval.grader
+    (default or qwen_math, the Qwen2.5-Math harness's rules). Rerunning with the same
+    eval.out resumes.
     """
     _run_hydra(_eval_app, "eval", list(ctx.args), multirun)
 
@@ -198,12 +200,14 @@ def regrade(
     out: Annotated[Path, typer.Argument(help="An eval output directory (holds <benchmark>.jsonl).")],
     workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds per answer.")] = 5.0,
+    grader: Annotated[Optional[str], typer.Option(help="Grade under this profile (default, qwen_math) "
+                                                      "instead of the recorded settings.")] = None,
 ) -> None:
-    """Re-grade saved responses (after a grader fix) without generating again."""
+    """Re-grade saved responses (after a grader fix, or under another profile) without generating again."""
     from replaygrpo.evaluate import regrade as do_regrade
 
     try:
-        results = do_regrade(out, workers, timeout)
+        results = do_regrade(out, workers, timeout, grader)
     except _user_errors() as err:
         fail(str(err))
     typer.echo(f"average accuracy {results['average']['accuracy']:.4f}")
@@ -217,8 +221,19 @@ def table(
     fmt: Annotated[str, typer.Option("--format", help="md, csv or latex.")] = "md",
     by: Annotated[Optional[str], typer.Option(help="Sweep mode: group a sweep dir's runs by these keys (comma-separated).")] = None,
     window: Annotated[int, typer.Option(help="Sweep mode: average the last N toy evals of each run.")] = 3,
+    aes_a: Annotated[float, typer.Option(help="AES weight a of the length saving.")] = 1.0,
+    aes_b: Annotated[float, typer.Option(help="AES weight b of an accuracy gain.")] = 3.0,
+    aes_c: Annotated[float, typer.Option(help="AES weight c of an accuracy drop.")] = 5.0,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples for the CI against --reference.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Compare runs evaluated under different "
+                                              "settings (k, temperature, top_p, tokens, template, problems, grader).")]
+    = False,
 ) -> None:
-    """One row per method (seeds grouped, mean ± std), per-benchmark accuracy, AES, CIs; or a sweep table."""
+    """One row per method (seeds grouped, mean ± std), per-benchmark accuracy, AES, CIs; or a sweep table.
+
+    Refuses inputs evaluated under different eval settings unless --allow-mixed.
+    """
     try:
         if by:
             from replaygrpo.report.sweep import sweep_table
@@ -231,7 +246,9 @@ def table(
 
         if baseline is None:
             fail("--baseline is required (a row name or input path; AES is computed against it).")
-        typer.echo(make_table([str(p) for p in inputs], baseline=baseline, reference=reference, fmt=fmt))
+        typer.echo(make_table([str(p) for p in inputs], baseline=baseline, reference=reference, fmt=fmt,
+                              alpha=aes_a, beta=aes_b, gamma=aes_c, n_boot=bootstrap, seed=seed,
+                              allow_mixed=allow_mixed))
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
 

@@ -192,7 +192,12 @@ class EvalConfig:
     )
     """Benchmarks to run (also: toy)."""
     k: int = 1
-    """Samples per problem (accuracy is avg@k; pass@k by the unbiased estimator)."""
+    """Samples per problem (n) on every benchmark not in k_per_benchmark. Accuracy is avg@n,
+    the unbiased pass@1 estimate; pass@n and each pass_k come from the same n samples."""
+    k_per_benchmark: dict[str, int] = field(default_factory=dict)
+    """Samples per problem for named benchmarks, e.g. {aime24: 32, amc23: 32}; others take k."""
+    pass_k: list[int] = field(default_factory=list)
+    """pass@k values reported besides pass@n (unbiased estimator), on benchmarks with n >= k."""
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0
@@ -213,6 +218,15 @@ class EvalConfig:
     """Grading worker processes (0 = in-process)."""
     grade_timeout: float = 5.0
     """Seconds per answer before it is marked incorrect."""
+    grader: str = "default"
+    """Grader profile: default (this project's) or qwen_math (the Qwen2.5-Math harness's
+    tolerance, percent and no-box rules); see docs/evaluation.md. Recorded in results.json."""
+    grader_rel_tol: float | None = None
+    """Relative tolerance for inexactly written numbers; null = the profile's (1e-6; qwen_math 1e-4)."""
+    grader_percent: str | None = None
+    """sign (x% is x or x/100 where a % is written) or harness (always); null = the profile's."""
+    grader_fallback: str | None = None
+    """Answer of a response without a box: none, phrase, math or last_number; null = the profile's."""
 
 
 @dataclass
@@ -365,6 +379,13 @@ def validate(cfg: Config) -> Config:
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
+    for name, n in cfg.eval.k_per_benchmark.items():
+        _require(name in cfg.eval.benchmarks, "eval.k_per_benchmark", name, "a benchmark of eval.benchmarks")
+        _require(n >= 1, f"eval.k_per_benchmark.{name}", n, "an integer >= 1")
+    most = max([cfg.eval.k, *cfg.eval.k_per_benchmark.values()])
+    for pk in cfg.eval.pass_k:
+        _require(1 <= pk <= most, "eval.pass_k", list(cfg.eval.pass_k),
+                 f"integers in [1, {most}] (the most samples any benchmark gets)")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")

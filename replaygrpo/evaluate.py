@@ -1,11 +1,14 @@
-"""Benchmark evaluation: k samples per problem, graded in killable workers, resumable.
+"""Benchmark evaluation: n samples per problem (per benchmark), graded in killable workers, resumable.
 
 Departures from the Qwen2.5-Math harness it follows (same files, prompt and \\boxed{}
-answer): accuracy is avg@k over k samples (k = 1 and temperature 0 is the harness's
-greedy setting), pass@k uses the unbiased estimator of Chen et al. (2021), a response is
-cut at the first ChatML/end-of-text stop token (a base model under a ChatML prompt often
-goes on to invent the next turn, and its boxes must not count), and grading runs in worker
-processes with a hard per-answer time limit instead of in-process sympy.
+answer): accuracy is avg@n over n samples (n = 1 and temperature 0 is the harness's
+greedy setting; `eval.k_per_benchmark` gives small benchmarks more samples), pass@k for
+any k <= n uses the unbiased estimator of Chen et al. (2021) on the same n samples, a
+response is cut at the first ChatML/end-of-text stop token (a base model under a ChatML
+prompt often goes on to invent the next turn, and its boxes must not count), and grading
+runs in worker processes with a hard per-answer time limit instead of in-process sympy.
+The grader's tolerance, percent and no-box rules follow `eval.grader` (a profile) and
+are recorded in results.json.
 
 Files in the output dir:
 - `<benchmark>.jsonl`: one line per (problem, sample), appended batch by batch as graded.
@@ -31,7 +34,7 @@ from replaygrpo.config import Config
 from replaygrpo.data.benchmarks import TOY, load_benchmark
 from replaygrpo.data.problem import Problem
 from replaygrpo.data.prompts import render
-from replaygrpo.grading import GradingPool, extract_answer
+from replaygrpo.grading import GraderSettings, GradingPool, extract_answer, grader_settings
 from replaygrpo.model import FINAL_MODEL, stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "replaygrpo.results/1"
 RESULTS = "results.json"
 SETTINGS = "eval_config.json"
-RESUME_KEYS = ("model", "tokenizer", "dtype", "seed", "k", "temperature", "top_p", "max_new_tokens", "template")
-"""Settings that change what a sample means; a resume refuses if any differs."""
+RESUME_KEYS = ("model", "tokenizer", "dtype", "seed", "k", "k_per_benchmark", "temperature", "top_p",
+               "max_new_tokens", "template", "grader_settings")
+"""Settings that change what a sample (or its grade) means; a resume refuses if any differs."""
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -56,32 +60,55 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def summarize(records: Iterable[dict[str, Any]], k: int) -> dict[str, float | int]:
-    """n problems, accuracy (avg@k: mean over problems of the fraction correct), pass@k, mean tokens.
-
-    A problem with fewer than k samples (an unfinished eval) counts pass@n for its n.
+def summarize(records: Iterable[dict[str, Any]], k: int, pass_k: Iterable[int] = ()) -> dict[str, Any]:
+    """n problems, k samples each, accuracy (avg@k: mean over problems of the fraction
+    correct, the unbiased pass@1), pass@k, `pass_at` {j: pass@j} for each j in `pass_k`
+    with j <= k, and mean tokens. A problem with fewer samples than asked (an unfinished
+    eval) counts pass@m for its m samples where m is smaller.
     """
     by_problem: dict[str, dict[int, dict[str, Any]]] = {}
     for r in records:
         by_problem.setdefault(str(r["problem_id"]), {})[int(r["sample"])] = r  # last copy wins
+    wanted = sorted({j for j in pass_k if j <= k})
     if not by_problem:
-        return {"n": 0, "accuracy": 0.0, "pass_at_k": 0.0, "mean_tokens": 0.0}
-    acc, pak, tokens = [], [], []
+        return {"n": 0, "k": k, "accuracy": 0.0, "pass_at_k": 0.0, "pass_at": {str(j): 0.0 for j in wanted},
+                "mean_tokens": 0.0}
+    acc, tokens = [], []
+    pak: dict[int, list[float]] = {j: [] for j in {k, *wanted}}
     for samples in by_problem.values():
         n, c = len(samples), sum(bool(r["correct"]) for r in samples.values())
         acc.append(c / n)
-        pak.append(pass_at_k(n, c, min(k, n)))
+        for j in pak:
+            pak[j].append(pass_at_k(n, c, min(j, n)))
         tokens.extend(int(r["tokens"]) for r in samples.values())
-    return {"n": len(by_problem), "accuracy": sum(acc) / len(acc), "pass_at_k": sum(pak) / len(pak),
-            "mean_tokens": sum(tokens) / len(tokens)}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"n": len(by_problem), "k": k, "accuracy": mean(acc), "pass_at_k": mean(pak[k]),
+            "pass_at": {str(j): mean(pak[j]) for j in wanted}, "mean_tokens": mean(tokens)}
+
+
+def samples_per_problem(settings: dict[str, Any], name: str) -> int:
+    """The sample count of benchmark `name` under eval settings (k, k_per_benchmark)."""
+    return int((settings.get("k_per_benchmark") or {}).get(name, settings["k"]))
 
 
 def build_results(settings: dict[str, Any], summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The results.json object; `average` is the unweighted mean over benchmarks."""
     vals = list(summaries.values())
     avg = {key: (sum(v[key] for v in vals) / len(vals) if vals else 0.0) for key in ("accuracy", "mean_tokens")}
-    return {"schema": SCHEMA, "model": settings["model"], "k": settings["k"], "config": settings,
-            "benchmarks": summaries, "average": avg}
+    out = {"schema": SCHEMA, "model": settings["model"], "k": settings["k"], "config": settings,
+           "benchmarks": summaries, "average": avg}
+    if "grader_settings" in settings:
+        out["grader"] = {"profile": settings.get("grader", "default"), **settings["grader_settings"]}
+    return out
+
+
+def resolve_grader(eval_cfg: Any) -> GraderSettings:
+    """The grader settings an eval config names (profile plus overrides); errors name the key."""
+    try:
+        return grader_settings(eval_cfg.grader, rel_tol=eval_cfg.grader_rel_tol, percent=eval_cfg.grader_percent,
+                               fallback=eval_cfg.grader_fallback)
+    except ValueError as err:
+        raise EvalError(f"eval.grader settings: {err}") from None
 
 
 # ---------------------------------------------------------------- files
@@ -144,10 +171,12 @@ def check_resumable(out: Path, settings: dict[str, Any]) -> None:
     old = _read_settings(out)
     if old is None:
         return
-    diff = [k for k in RESUME_KEYS if old.get(k) != settings.get(k)]
+    defaults = {"k_per_benchmark": {}}  # dirs written before the key existed
+    diff = [k for k in RESUME_KEYS if old.get(k, defaults.get(k)) != settings.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-        raise EvalError(f"{out} holds an eval made with different settings ({detail}); "
+        hint = " (`replaygrpo regrade --grader` re-grades it)" if diff == ["grader_settings"] else ""
+        raise EvalError(f"{out} holds an eval made with different settings ({detail}){hint}; "
                         "use another eval.out or delete that dir.")
 
 
@@ -159,10 +188,10 @@ def _model_id(name_or_path: str) -> str:
 
 
 def eval_settings(cfg: Config) -> dict[str, Any]:
-    """The eval config plus the model keys: what results.json records as `config`."""
+    """The eval config plus the model keys and the resolved grader settings: what results.json records as `config`."""
     return {**dataclasses.asdict(cfg.eval), "model": _model_id(cfg.model.name_or_path),
             "model_name": cfg.model.name, "tokenizer": cfg.model.tokenizer, "dtype": cfg.model.dtype,
-            "seed": cfg.seed}
+            "seed": cfg.seed, "grader_settings": resolve_grader(cfg.eval).as_dict()}
 
 
 def _out_dir(cfg: Config) -> Path:
@@ -186,8 +215,13 @@ def _truncate(ids: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
+def _grade_rows(pool: GradingPool, rows: list[dict[str, Any]]) -> list[bool]:
+    return pool.grade_many([r["response"] for r in rows], [r["gold"] for r in rows],
+                           [r.get("tolerance") for r in rows])
+
+
 def _grade_append(pool: GradingPool, rows: list[dict[str, Any]], f: IO[str], progress: Any, task: Any) -> None:
-    oks = pool.grade_many([r["response"] for r in rows], [r["gold"] for r in rows])
+    oks = _grade_rows(pool, rows)
     for r, ok in zip(rows, oks):
         r["correct"] = bool(ok)
     f.write(_jsonl(rows))
@@ -218,13 +252,14 @@ def _generate_benchmark(name: str, todo: list[tuple[Problem, int]], path: Path, 
             params = SamplingParams(n=1, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                     max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed * 100_003 + b)
             outs = engine.generate([prompt_ids[p.id] for p, _ in batch], params)
-            rows = []
+            rows, g = [], pool.settings
             for (p, s), (c,) in zip(batch, outs):
                 ids, stopped = _truncate(c.token_ids.tolist(), stop_ids)
                 response = tok.decode(ids, skip_special_tokens=True)
                 rows.append({"problem_id": p.id, "sample": s, "prompt": prompts[p.id], "response": response,
-                             "extracted": extract_answer(response), "gold": p.gold, "correct": None,
-                             "tokens": len(ids), "finish_reason": "stop" if stopped else c.finish_reason})
+                             "extracted": extract_answer(response, g.fallback, g.join_boxes), "gold": p.gold,
+                             "tolerance": p.tolerance, "correct": None, "tokens": len(ids),
+                             "finish_reason": "stop" if stopped else c.finish_reason})
             if pending is not None:
                 pending.result()
             pending = grader.submit(_grade_append, pool, rows, f, progress, task)
@@ -248,20 +283,20 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     check_resumable(out, settings)
     _atomic_write(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
 
-    k = cfg.eval.k
     problems = {name: load_benchmark(name, cfg.eval.data_root, cfg.eval.limit) for name in cfg.eval.benchmarks}
+    ks = {name: samples_per_problem(settings, name) for name in problems}
     todo = {}
     for name, probs in problems.items():
         done = {(str(r["problem_id"]), int(r["sample"])) for r in load_records(out / f"{name}.jsonl")}
-        todo[name] = [(p, s) for p in probs for s in range(k) if (p.id, s) not in done]
+        todo[name] = [(p, s) for p in probs for s in range(ks[name]) if (p.id, s) not in done]
     if any(todo.values()):
         _generate_all(cfg, out, todo)
 
     summaries = {}
     for name, probs in problems.items():
-        keep = {p.id for p in probs}  # a rerun with a smaller limit reports only its problems
+        keep, k = {p.id for p in probs}, ks[name]  # a rerun with a smaller limit reports only its problems
         recs = [r for r in load_records(out / f"{name}.jsonl") if str(r["problem_id"]) in keep and r["sample"] < k]
-        summaries[name] = summarize(recs, k)
+        summaries[name] = summarize(recs, k, cfg.eval.pass_k)
         log.info("%s: accuracy %.4f pass@%d %.4f (%d problems)", name, summaries[name]["accuracy"], k,
                  summaries[name]["pass_at_k"], summaries[name]["n"])
     results = build_results(settings, summaries)
@@ -277,7 +312,7 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
     from replaygrpo.rollout.engine import build_engine
 
     # Workers start first so their imports overlap with loading the model.
-    with GradingPool(cfg.eval.grader_workers, cfg.eval.grade_timeout) as pool:
+    with GradingPool(cfg.eval.grader_workers, cfg.eval.grade_timeout, resolve_grader(cfg.eval)) as pool:
         model, tok = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.device, cfg.model.tokenizer,
                                 cfg.model.attn_implementation)
         eos = end_of_text_id(model, tok)
@@ -299,11 +334,12 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
 
 
 # ---------------------------------------------------------------- regrade
-def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0) -> dict[str, Any]:
+def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0, grader: str | None = None) -> dict[str, Any]:
     """Re-extract and re-grade every saved response against its saved gold; no generation.
 
-    Rewrites each `<benchmark>.jsonl` atomically and `results.json` (over all saved
-    samples), and returns the new results object.
+    `grader` names a profile to grade under instead of the recorded settings (which are
+    then rewritten in eval_config.json). Rewrites each `<benchmark>.jsonl` atomically and
+    `results.json` (over all saved samples), and returns the new results object.
     """
     out = Path(out_dir)
     settings = _read_settings(out)
@@ -312,16 +348,31 @@ def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0) -> dict
     names = [b for b in settings.get("benchmarks", []) if (out / f"{b}.jsonl").exists()]
     if not names:
         raise EvalError(f"{out} holds no per-sample files ({', '.join(settings.get('benchmarks', []))}.jsonl).")
+    old = settings
+    if grader is not None:
+        try:
+            chosen = grader_settings(grader)
+        except ValueError as err:
+            raise EvalError(f"--grader: {err}") from None
+        settings = {**settings, "grader": grader, "grader_rel_tol": None, "grader_percent": None,
+                    "grader_fallback": None}
+    else:  # as recorded; a dir from before settings were recorded gets the default profile
+        chosen = GraderSettings(**settings["grader_settings"]) if "grader_settings" in settings else GraderSettings()
+        settings = {"grader": "default", **settings}
+    settings = {**settings, "grader_settings": chosen.as_dict()}
+    if settings != old:
+        _atomic_write(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
     summaries = {}
-    with GradingPool(workers, timeout) as pool:
+    with GradingPool(workers, timeout, chosen) as pool:
         for name in names:
             path = out / f"{name}.jsonl"
             records = load_records(path)
-            oks = pool.grade_many([r["response"] for r in records], [r["gold"] for r in records])
+            oks = _grade_rows(pool, records)
             for r, ok in zip(records, oks):
-                r["extracted"], r["correct"] = extract_answer(r["response"]), bool(ok)
+                r["extracted"] = extract_answer(r["response"], chosen.fallback, chosen.join_boxes)
+                r["correct"] = bool(ok)
             _atomic_write(path, _jsonl(records))
-            summaries[name] = summarize(records, int(settings["k"]))
+            summaries[name] = summarize(records, samples_per_problem(settings, name), settings.get("pass_k", ()))
     results = build_results(settings, summaries)
     _atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     return results

@@ -35,10 +35,18 @@ def test_eval_table_plot_from_a_run_dir(tmp_path, shared_data):
         for b in BENCHMARKS:
             lines = (outs[name] / f"{b}.jsonl").read_text().splitlines()
             assert len(lines) == 3 * 2 and results["benchmarks"][b]["n"] == 3
+    # Greedy and sampled evals are not one protocol: the table refuses them in one line naming the setting.
+    mixed = runner.invoke(app, ["table", str(outs["greedy"]), str(outs["sampled"]), "--baseline", "greedy"])
+    assert mixed.exit_code == 2 and len(mixed.output.strip().splitlines()) == 1
+    assert mixed.output.startswith("error: refusing to compare runs evaluated differently: temperature (0.0 in "
+                                   "'greedy', 1.0 in 'sampled')") and "--allow-mixed" in mixed.output
     # Accuracy is 0 on real benchmarks for the toy model, so AES against it is undefined: the table says so.
     table = runner.invoke(app, ["table", str(outs["greedy"]), str(outs["sampled"]), "--baseline", "greedy",
-                                "--format", "md"])
+                                "--format", "md", "--allow-mixed", "--aes-a", "2", "--aes-c", "4",
+                                "--bootstrap", "50", "--reference", "greedy"])
     assert table.exit_code == 0, table.output
+    assert "MIXED eval settings" in table.output and "alpha=2.0, beta=3.0, gamma=4.0" in table.output
+    assert "(50 resamples)" in table.output
     assert "greedy" in table.output and "sampled" in table.output and "AES" in table.output
     assert "n/a" in table.output  # AES against a 0-accuracy baseline is undefined, and said so
     bad = runner.invoke(app, ["table", str(outs["greedy"]), "--baseline", "nope"])

@@ -14,7 +14,8 @@ from replaygrpo.toymodel import build_model, build_tokenizer
 
 DATA_ROOT = Path(os.environ.get("REPLAYGRPO_DATA_ROOT", Path(__file__).parents[2] / "shared/data/benchmarks"))
 FIVE = ["math500", "aime24", "amc23", "minerva_math", "olympiadbench"]
-FIELDS = {"problem_id", "sample", "prompt", "response", "extracted", "gold", "correct", "tokens", "finish_reason"}
+FIELDS = {"problem_id", "sample", "prompt", "response", "extracted", "gold", "tolerance", "correct", "tokens",
+          "finish_reason"}
 
 
 # ---------------------------------------------------------------- metrics by hand
@@ -37,6 +38,19 @@ def test_summarize_avg_at_k_and_pass_at_k() -> None:
     assert out["accuracy"] == pytest.approx((0.5 + 0 + 1) / 3)
     assert out["pass_at_k"] == pytest.approx((1 + 0 + 1) / 3)
     assert out["mean_tokens"] == pytest.approx(20.0)
+
+
+def test_summarize_pass_at_several_k_from_one_set_of_samples() -> None:
+    # 4 samples per problem: a has 1 correct, b has 3. pass@1 is the accuracy; pass@2 is
+    # 1 - C(n-c, 2) / C(n, 2): a 1 - 3/6, b 1 - 0/6.
+    marks = {"a": [1, 0, 0, 0], "b": [1, 1, 0, 1]}
+    recs = [{"problem_id": p, "sample": s, "correct": bool(c), "tokens": 1} for p, m in marks.items()
+            for s, c in enumerate(m)]
+    out = summarize(recs, k=4, pass_k=[1, 2, 8])
+    assert out["k"] == 4 and set(out["pass_at"]) == {"1", "2"}  # 8 > n: not estimable
+    assert out["pass_at"]["1"] == pytest.approx(out["accuracy"]) == pytest.approx((0.25 + 0.75) / 2)
+    assert out["pass_at"]["2"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["pass_at_k"] == 1.0
 
 
 # ---------------------------------------------------------------- run_eval
@@ -113,6 +127,42 @@ def test_resume_refuses_other_settings(toy_model_dir: Path, tmp_path: Path) -> N
     run_eval(_cfg(toy_model_dir, out, ["toy"], limit=1))
     with pytest.raises(EvalError, match=r"k: 2 -> 3.*max_new_tokens: 8 -> 4"):
         run_eval(_cfg(toy_model_dir, out, ["toy"], limit=1, k=3, max_new_tokens=4))
+
+
+@pytest.mark.skipif(not DATA_ROOT.is_dir(), reason=f"benchmark files not found at {DATA_ROOT}")
+def test_per_benchmark_samples_resume_after_a_kill(toy_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    cfg = _cfg(toy_model_dir, out, ["aime24", "math500"], k=1, k_per_benchmark={"aime24": 3}, pass_k=[1, 2])
+    results = run_eval(cfg)
+    aime, math500 = results["benchmarks"]["aime24"], results["benchmarks"]["math500"]
+    assert (aime["k"], math500["k"]) == (3, 1) and len(_lines(out / "aime24.jsonl")) == 2 * 3
+    assert set(aime["pass_at"]) == {"1", "2"} and set(math500["pass_at"]) == {"1"}
+    assert results["grader"]["profile"] == "default" and results["grader"]["rel_tol"] == 1e-6
+    # Killed mid-write on aime24: a rerun fills exactly the missing samples.
+    path = out / "aime24.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + lines[4][:10])
+    run_eval(cfg)
+    pairs = [(r["problem_id"], r["sample"]) for r in _lines(path)]
+    assert len(pairs) == len(set(pairs)) == 6 and path.read_text().splitlines(keepends=True)[:4] == lines[:4]
+    cfg.eval.grader = "qwen_math"
+    with pytest.raises(EvalError, match=r"grader_settings: .*replaygrpo regrade --grader"):
+        run_eval(cfg)
+
+
+def test_regrade_under_another_grader_profile(toy_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    run_eval(_cfg(toy_model_dir, out, ["toy"], limit=1, k=1))
+    path = out / "toy.jsonl"
+    (rec,) = _lines(path)
+    rec["response"], rec["gold"] = "so we get 50 apples", "50"  # no box: only qwen_math reads the last number
+    path.write_text(json.dumps(rec) + "\n")
+    assert regrade(out, workers=0)["benchmarks"]["toy"]["accuracy"] == 0.0
+    results = regrade(out, workers=0, grader="qwen_math")
+    assert results["benchmarks"]["toy"]["accuracy"] == 1.0 and results["grader"]["profile"] == "qwen_math"
+    assert json.loads((out / "eval_config.json").read_text())["grader_settings"]["fallback"] == "last_number"
+    with pytest.raises(EvalError, match="unknown grader profile 'nope'"):
+        regrade(out, workers=0, grader="nope")
 
 
 def test_toy_model_name_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,10 @@ import pytest
 from replaygrpo.evaluate import build_results, summarize
 from replaygrpo.report.aes import AESError, aes, aes_of_average, aes_per_benchmark, mean_aes
 from replaygrpo.report.plot import make_plots
-from replaygrpo.report.table import TableError, make_table
+from replaygrpo.report.table import MixedSettingsError, TableError, make_table
+
+GRADER = {"rel_tol": 1e-06, "exact_integers": True, "percent": "sign", "fallback": "math", "join_boxes": True,
+          "item_tolerance": True}
 
 
 # ---------------------------------------------------------------- AES
@@ -44,16 +47,21 @@ def test_aes_two_conventions() -> None:
 
 
 # ---------------------------------------------------------------- table
-def write_eval(out: Path, correct: dict[str, list[bool]], tokens: dict[str, int], model: str = "m") -> Path:
+def write_eval(out: Path, correct: dict[str, list[bool]], tokens: dict[str, int], model: str = "m",
+               **settings_kw: object) -> Path:
     """An eval output dir with k=1: per-sample JSONLs and the results.json they imply."""
     out.mkdir(parents=True)
+    settings = {"model": model, "k": 1, "k_per_benchmark": {}, "benchmarks": list(correct), "temperature": 0.6,
+                "top_p": 0.95, "max_new_tokens": 8192, "template": "qwen_math", "grader": "default",
+                "grader_settings": GRADER, **settings_kw}
     summaries = {}
     for bench, marks in correct.items():
-        recs = [{"problem_id": str(i), "sample": 0, "prompt": "q", "response": "r", "extracted": None, "gold": "1",
-                 "correct": c, "tokens": tokens[bench], "finish_reason": "stop"} for i, c in enumerate(marks)]
+        k = settings["k_per_benchmark"].get(bench, 1)  # type: ignore[attr-defined]
+        recs = [{"problem_id": str(i), "sample": s, "prompt": "q", "response": "r", "extracted": None, "gold": "1",
+                 "correct": c, "tokens": tokens[bench], "finish_reason": "stop"}
+                for i, c in enumerate(marks) for s in range(k)]
         (out / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        summaries[bench] = summarize(recs, 1)
-    settings = {"model": model, "k": 1, "benchmarks": list(correct)}
+        summaries[bench] = summarize(recs, k)
     (out / "results.json").write_text(json.dumps(build_results(settings, summaries)))
     return out
 
@@ -80,6 +88,12 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 def test_table_markdown(dirs: dict[str, Path]) -> None:
     md = make_table([dirs["base"], dirs["s0"], dirs["s1"]], baseline="base_model", reference=str(dirs["base"]))
     lines = md.splitlines()
+    assert lines[0] == ("Eval protocol (shared by every row): samples per problem 1 on each benchmark; problems "
+                        "MATH500 4, AIME24 2; temperature 0.6; top_p 0.95; max_new_tokens 8192; template qwen_math; "
+                        "grader default (exact_integers=True, fallback=math, item_tolerance=True, join_boxes=True, "
+                        "percent=sign, rel_tol=1e-06).")
+    assert lines[1] == ""
+    lines = lines[2:]
     assert lines[0].startswith("| Method | Seeds | MATH500 | AIME24 | Avg | Tokens | AES (of avg) | AES (mean) |")
     assert lines[1].startswith("|:---|---:")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:4]}
@@ -135,6 +149,36 @@ def test_table_errors(dirs: dict[str, Path], tmp_path: Path) -> None:
         make_table([dirs["base"], dirs["s0"]], "base_model", "base_model")
     with pytest.raises(TableError, match="unknown table format"):
         make_table([dirs["base"]], "base_model", fmt="html")
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"temperature": 0.0}, r"temperature \(0.6 in 'base_model', 0.0 in 'other'\)"),
+        ({"max_new_tokens": 2048}, r"max_new_tokens \(8192 in 'base_model', 2048 in 'other'\)"),
+        ({"top_p": 1.0}, "top_p"),
+        ({"template": "qwen_boxed"}, "template"),
+        ({"k_per_benchmark": {"aime24": 4}}, r"samples per problem on aime24 \(1 in 'base_model', 4 in 'other'\)"),
+        ({"grader": "qwen_math"}, r"grader \(default \(.*\) in 'base_model', qwen_math \(.*\) in 'other'\)"),
+    ],
+)
+def test_table_refuses_mixed_eval_settings(dirs: dict[str, Path], tmp_path: Path, settings: dict, named: str) -> None:
+    other = write_eval(tmp_path / "other", {"math500": [1, 0, 0, 0], "aime24": [1, 1]}, {"math500": 9, "aime24": 9},
+                       **settings)
+    with pytest.raises(MixedSettingsError, match="^refusing to compare runs evaluated differently: " + named) as err:
+        make_table([dirs["base"], other], "base_model")
+    assert "\n" not in str(err.value) and "--allow-mixed" in str(err.value)
+    md = make_table([dirs["base"], other], "base_model", allow_mixed=True)
+    assert md.splitlines()[1].startswith("MIXED eval settings, compared anyway (--allow-mixed): ")
+
+
+def test_table_refuses_other_problem_sets(dirs: dict[str, Path], tmp_path: Path) -> None:
+    fewer = write_eval(tmp_path / "fewer", {"math500": [1, 0], "aime24": [1, 1]}, {"math500": 9, "aime24": 9})
+    with pytest.raises(MixedSettingsError, match=r"problems in math500 \(4 in 'base_model', 2 in 'fewer'\)"):
+        make_table([dirs["base"], fewer], "base_model")
+    partial = write_eval(tmp_path / "partial", {"math500": [1, 0, 0, 0]}, {"math500": 9})
+    with pytest.raises(MixedSettingsError, match=r"benchmarks \(aime24, math500 in 'base_model', math500 in 'partial'"):
+        make_table([dirs["base"], partial], "base_model")
 
 
 # ---------------------------------------------------------------- plots

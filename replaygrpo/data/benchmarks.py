@@ -129,7 +129,9 @@ def _row_to_problem(name: str, row: dict[str, Any], index: int, where: str) -> P
     gold = GOLD[name](row)
     if not gold:
         raise BenchmarkError(f"{name}: {where} (id {pid}) has no gold answer.")
-    return Problem(id=pid, question=question, gold=gold, source=name)
+    error = row.get("error")  # OlympiadBench: a per-answer tolerance such as "1e-1"
+    return Problem(id=pid, question=question, gold=gold, source=name,
+                   tolerance=float(error) if error not in (None, "") else None)
 
 
 def read_benchmark_file(path: Path) -> list[tuple[int, dict[str, Any]]]:

@@ -14,3 +14,5 @@ class Problem:
     """The reference answer as a string (graded by replaygrpo.grading)."""
     source: str = ""
     """Dataset name, for outputs and error messages."""
+    tolerance: float | None = None
+    """Absolute tolerance the benchmark gives for this answer (OlympiadBench `error`), else None."""

@@ -1,12 +1,17 @@
 """Answer extraction and equivalence for math rewards and evals.
 
-``grade(response, gold)`` is the reward: the last ``\\boxed{}`` (or an "answer is"
-phrase) compared with the gold by cheap normalisation, exact numbers, and math-verify
-under a hard time limit. ``GradingPool`` does the same for many responses in killable
-worker processes.
-"""
-from replaygrpo.grading.equivalence import equivalent
-from replaygrpo.grading.extract import extract_answer, normalize
-from replaygrpo.grading.pool import GradingPool, grade
+``grade(response, gold)`` is the reward: the last ``\\boxed{}`` (or, without one, the
+fallback the settings name) compared with the gold by cheap normalisation, exact numbers,
+and math-verify under a hard time limit. ``GradingPool`` does the same for many responses
+in killable worker processes. ``GraderSettings`` and ``PROFILES`` (``default``,
+``qwen_math``) fix tolerance, percent handling and the no-box fallback.
 
-__all__ = ["GradingPool", "equivalent", "extract_answer", "grade", "normalize"]
+Modules, lowest first: ``settings``, ``extract`` -> ``equivalence`` -> ``pool`` -> ``grader``.
+"""
+from replaygrpo.grading.extract import extract_answer, normalize
+from replaygrpo.grading.grader import equivalent, grade
+from replaygrpo.grading.pool import GradingPool
+from replaygrpo.grading.settings import PROFILES, GraderSettings, grader_settings
+
+__all__ = ["PROFILES", "GraderSettings", "GradingPool", "equivalent", "extract_answer", "grade",
+           "grader_settings", "normalize"]

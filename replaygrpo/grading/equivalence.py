@@ -9,16 +9,18 @@
    matters because math-verify's ANTLR parser costs ~10 ms per new string.
 4. ``mv_equivalent`` (``pool.py``): math-verify ``parse`` + ``verify`` with its
    ``signal.alarm`` timeouts off (they raise off the main thread), in a process that is
-   killed if it overruns: a ``GradingPool`` worker, or for ``equivalent`` one helper
-   process kept for the interpreter's life (a fresh Python with sympy costs ~0.5-1 s).
+   killed if it overruns. ``grader.py`` puts the tiers together; this module never
+   imports the process machinery.
 
-Tiers 1-3 take microseconds and run in the caller. Departures from math-verify: numbers
-written with a decimal point or exponent compare with relative tolerance ``REL_TOL`` =
-1e-6 (math-verify rounds to 6 decimals, so it calls all numbers below 5e-7 equal; the
-Qwen2.5-Math harness's 1e-4 would accept `.35628` for the MATH gold `.35625`); integers
-and fractions compare exactly. Hostile strings (over ``MAX_LEN`` characters, exponent
-towers, huge powers or factorials) are unequal unless identical; they never reach
-sympy. No answer is ever passed to ``eval``.
+Tiers 1-3 take microseconds and run in the caller. How numbers compare is a grader
+setting (``settings.py``). By default, numbers written with a decimal point or exponent
+compare with relative tolerance 1e-6 (math-verify rounds to 6 decimals, so it calls all
+numbers below 5e-7 equal; the Qwen2.5-Math harness's 1e-4 would accept `.35628` for the
+MATH gold `.35625`); integers and fractions compare exactly; a percent sign on either
+side lets ``x`` also stand for ``x/100``; a problem's own absolute tolerance
+(OlympiadBench ``error``) is honoured. Hostile strings (over ``MAX_LEN`` characters,
+exponent towers, huge powers or factorials) are unequal unless identical; they never
+reach sympy. No answer is ever passed to ``eval``.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ import zlib
 from fractions import Fraction
 
 from replaygrpo.grading.extract import MAX_LEN, is_safe_for_sympy, normalize
+from replaygrpo.grading.settings import GraderSettings
 
-REL_TOL = Fraction(1, 1_000_000)
+DEFAULT = GraderSettings()
 _MAX_EXP_DIGITS = 3  # 10^{999} is fine for Fractions; 10^{10000} is refused
 
 # ---------------------------------------------------------------- tier 2: fast paths
@@ -84,12 +87,32 @@ def to_number(s: str) -> tuple[Fraction, bool] | None:
     return None
 
 
-def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
+def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool], settings: GraderSettings = DEFAULT,
+                  abs_tol: float | None = None) -> bool:
+    """Equal values, or within the item's absolute tolerance, or (unless both are written
+    exactly and ``exact_integers`` holds) within ``rel_tol``."""
     if a[0] == b[0]:
         return True
-    if a[1] and b[1]:
+    if abs_tol is not None and abs(a[0] - b[0]) <= Fraction(abs_tol):
+        return True
+    if a[1] and b[1] and settings.exact_integers:
         return False  # both written exactly (ints, fractions): no tolerance
-    return abs(a[0] - b[0]) <= REL_TOL * max(abs(a[0]), abs(b[0]))
+    return abs(a[0] - b[0]) <= Fraction(settings.rel_tol) * max(abs(a[0]), abs(b[0]))
+
+
+def _scaled(x: tuple[Fraction, bool], factor: Fraction) -> tuple[Fraction, bool]:
+    return x[0] * factor, x[1]
+
+
+def percent_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool], settings: GraderSettings,
+                  abs_tol: float | None, has_percent: bool) -> bool:
+    """numbers_equal, also at a x100 scale where a percent sign allows it (``settings.percent``)."""
+    if numbers_equal(a, b, settings, abs_tol):
+        return True
+    if not has_percent and settings.percent != "harness":
+        return False
+    hundred = Fraction(100)
+    return numbers_equal(a, _scaled(b, 1 / hundred), settings) or numbers_equal(a, _scaled(b, hundred), settings)
 
 
 def _split_top(s: str) -> list[str]:
@@ -133,15 +156,17 @@ def _number_list(s: str) -> tuple[str, list[tuple[Fraction, bool]]] | None:
     return brackets, values  # type: ignore[return-value]
 
 
-def fast_equivalent(pred: str, gold: str) -> bool | None:
-    """True/False when cheap checks decide; None when sympy is needed. Inputs normalised."""
+def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, abs_tol: float | None = None,
+                    has_percent: bool = False) -> bool | None:
+    """True/False when cheap checks decide; None when sympy is needed. Inputs normalised;
+    ``has_percent``: either answer was written with a percent sign before normalising."""
     if pred == gold:
         return True
     if not pred or not gold or max(len(pred), len(gold)) > MAX_LEN:
         return False
     a, b = to_number(pred), to_number(gold)
     if a is not None and b is not None:
-        return numbers_equal(a, b)
+        return percent_equal(a, b, settings, abs_tol, has_percent)
     ba, bb = _BASE_NUMERAL.fullmatch(pred), _BASE_NUMERAL.fullmatch(gold)
     if ba and bb:  # math-verify drops the subscript, so `4210_{8}` would "equal" `4210_{5}`
         return ba[1].lstrip("0").upper() == bb[1].lstrip("0").upper() and int(ba[2]) == int(bb[2])
@@ -149,12 +174,11 @@ def fast_equivalent(pred: str, gold: str) -> bool | None:
     if la is None or lb is None or la[0] != lb[0]:
         return None
     (brackets, xs), ys = la, lb[1]
+    eq = lambda x, y: numbers_equal(x, y, settings, abs_tol)  # noqa: E731
     if brackets:  # tuples and intervals are ordered
-        return len(xs) == len(ys) and all(numbers_equal(x, y) for x, y in zip(xs, ys))
+        return len(xs) == len(ys) and all(eq(x, y) for x, y in zip(xs, ys))
     # A bare comma list is a set of answers (olympiadbench `69,84`), as in math-verify.
-    return all(any(numbers_equal(x, y) for y in ys) for x in xs) and all(
-        any(numbers_equal(x, y) for x in xs) for y in ys
-    )
+    return all(any(eq(x, y) for y in ys) for x in xs) and all(any(eq(x, y) for x in xs) for y in ys)
 
 
 # ---------------------------------------------------------------- tier 3: numeric disproof
@@ -330,11 +354,7 @@ def _value(s: str) -> complex:
     return value
 
 
-def _far(a: complex, b: complex) -> bool:
-    return abs(a - b) > _PROBE_TOL * max(1.0, abs(a), abs(b))
-
-
-def numerically_different(pred: str, gold: str) -> bool:
+def numerically_different(pred: str, gold: str, abs_tol: float | None = None) -> bool:
     """True when the normalised answers provably differ; False means "don't know"."""
     try:
         (kind_p, xs), (kind_g, ys) = _probe_items(pred), _probe_items(gold)
@@ -342,6 +362,10 @@ def numerically_different(pred: str, gold: str) -> bool:
         return False
     if kind_p != kind_g:
         return False
+
+    def _far(a: complex, b: complex) -> bool:
+        return abs(a - b) > max(_PROBE_TOL * max(1.0, abs(a), abs(b)), abs_tol or 0.0)
+
     if kind_p == "set":  # some answer with no close partner on the other side
         return any(all(_far(x, y) for y in ys) for x in xs) or any(
             all(_far(x, y) for x in xs) for y in ys
@@ -349,26 +373,22 @@ def numerically_different(pred: str, gold: str) -> bool:
     return len(xs) != len(ys) or any(_far(x, y) for x, y in zip(xs, ys))
 
 
-def prepare(pred: str, gold: str) -> tuple[bool | None, str, str]:
-    """Tiers 1-3 plus guards: (decided result or None, normalised pred, normalised gold)."""
+def _has_percent(s: str) -> bool:
+    return "%" in s or "percent" in s
+
+
+def prepare(pred: str, gold: str, settings: GraderSettings = DEFAULT,
+            tolerance: float | None = None) -> tuple[bool | None, str, str]:
+    """Tiers 1-3 plus guards: (decided result or None, normalised pred, normalised gold).
+
+    ``tolerance`` is the problem's own absolute tolerance (None: none given); it counts
+    only with ``settings.item_tolerance``.
+    """
+    abs_tol = tolerance if settings.item_tolerance else None
     p, g = normalize(pred), normalize(gold)
-    decided = fast_equivalent(p, g)
+    decided = fast_equivalent(p, g, settings, abs_tol, _has_percent(pred) or _has_percent(gold))
     if decided is None and not (is_safe_for_sympy(p) and is_safe_for_sympy(g)):
         decided = False
-    if decided is None and numerically_different(p, g):
+    if decided is None and numerically_different(p, g, abs_tol):
         decided = False
     return decided, p, g
-
-
-def equivalent(pred: str, gold: str, timeout: float = 5.0) -> bool:
-    """True if ``pred`` and ``gold`` denote the same answer. Never raises; anything that
-    needs sympy for longer than ``timeout`` seconds counts as not equivalent."""
-    try:
-        decided, p, g = prepare(pred, gold)
-        if decided is not None:
-            return decided
-        from replaygrpo.grading.pool import verify_with_limit
-
-        return verify_with_limit(p, g, timeout)
-    except Exception:  # noqa: BLE001 - malformed input is simply wrong
-        return False

@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 
 from replaygrpo.grading.equivalence import prepare
 from replaygrpo.grading.extract import extract_answer
+from replaygrpo.grading.settings import GraderSettings
 
 _READY = "ready"
 _STARTUP_LIMIT_S = 300.0  # a worker that cannot import math-verify in this long is broken
@@ -217,17 +218,6 @@ def _verify_with_alarm(pred: str, gold: str, timeout: float) -> bool:
         signal.signal(signal.SIGALRM, previous)
 
 
-def grade(response: str, gold: str, timeout: float = 5.0) -> bool:
-    """Extract the final answer from ``response`` and compare it with ``gold``."""
-    from replaygrpo.grading.equivalence import equivalent
-
-    try:
-        answer = extract_answer(response)
-        return answer is not None and equivalent(answer, str(gold), timeout)
-    except Exception:  # noqa: BLE001
-        return False
-
-
 # ---------------------------------------------------------------- the pool
 
 
@@ -237,12 +227,14 @@ class GradingPool:
     Use as a context manager. An answer whose sympy check exceeds ``timeout`` seconds is
     marked False and its worker is killed and replaced; the other answers go on.
     ``num_workers=0`` grades in this process, with the same limit (via the helper that
-    ``equivalent`` uses).
+    ``equivalent`` uses). ``settings`` (tolerance, percent, no-box fallback) default to
+    the ``default`` profile; the workers only run math-verify, which they do not change.
     """
 
-    def __init__(self, num_workers: int = 2, timeout: float = 5.0) -> None:
+    def __init__(self, num_workers: int = 2, timeout: float = 5.0, settings: GraderSettings | None = None) -> None:
         self.num_workers = num_workers
         self.timeout = timeout
+        self.settings = settings or GraderSettings()
         # Start now so the workers' imports overlap with the caller's own setup.
         self._workers = [_Worker() for _ in range(num_workers)]
 
@@ -263,19 +255,24 @@ class GradingPool:
             w.stop()
         self._workers = []
 
-    def grade_many(self, responses: Sequence[str], golds: Sequence[str]) -> list[bool]:
-        """Correctness of each response against its gold, in input order."""
+    def grade_many(self, responses: Sequence[str], golds: Sequence[str],
+                   tolerances: Sequence[float | None] | None = None) -> list[bool]:
+        """Correctness of each response against its gold, in input order; ``tolerances``
+        are the problems' own absolute tolerances (None where a problem has none)."""
         out = [False] * len(responses)
-        for i, ok in self.grade_many_iter(responses, golds):
+        for i, ok in self.grade_many_iter(responses, golds, tolerances):
             out[i] = ok
         return out
 
     def grade_many_iter(
-        self, responses: Sequence[str], golds: Sequence[str]
+        self, responses: Sequence[str], golds: Sequence[str], tolerances: Sequence[float | None] | None = None
     ) -> Iterator[tuple[int, bool]]:
         """Yield ``(index, correct)`` once for every response, in completion order."""
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+        tols = list(tolerances) if tolerances is not None else [None] * len(golds)
+        if len(tols) != len(golds):
+            raise ValueError(f"{len(tols)} tolerances but {len(golds)} golds")
         keys: list[tuple[str, str]] = []  # task id -> (normalised pred, normalised gold)
         waiting: dict[tuple[str, str], list[int]] = {}  # key -> indices awaiting it
         done: dict[tuple[str, str], bool] = {}
@@ -287,8 +284,8 @@ class GradingPool:
                 yield from ((i, ok) for i in waiting.pop(keys[tid]))
 
         try:
-            for i, (resp, gold) in enumerate(zip(responses, golds)):
-                decided, pred, norm_gold = self._prepare(resp, gold)
+            for i, (resp, gold, tol) in enumerate(zip(responses, golds, tols)):
+                decided, pred, norm_gold = self._prepare(resp, gold, tol)
                 key = (pred, norm_gold)
                 if decided is not None or key in done:
                     yield i, done[key] if decided is None else decided
@@ -312,13 +309,12 @@ class GradingPool:
                     for _ in self._replace(w, deque()):
                         pass
 
-    @staticmethod
-    def _prepare(response: str, gold: str) -> tuple[bool | None, str, str]:
+    def _prepare(self, response: str, gold: str, tolerance: float | None) -> tuple[bool | None, str, str]:
         try:
-            answer = extract_answer(response)
+            answer = extract_answer(response, self.settings.fallback, self.settings.join_boxes)
             if answer is None:
                 return False, "", ""
-            return prepare(answer, str(gold))
+            return prepare(answer, str(gold), self.settings, tolerance)
         except Exception:  # noqa: BLE001
             return False, "", ""
 

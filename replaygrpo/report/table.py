@@ -12,6 +12,12 @@ replaygrpo.report.aes, computed from seed-averaged accuracy and length; and the
 difference in Avg against the reference row with a 95% paired bootstrap CI: per-problem
 mean correctness (over samples and seeds) is paired across the two rows, problems are
 resampled within each benchmark, and Avg is recomputed (percentile interval, seeded).
+
+Rows are compared only under one eval protocol: samples per problem on each benchmark,
+temperature, top_p, max_new_tokens, template, the benchmarks and their problem counts,
+and the grader settings must agree across every input, or `make_table` refuses with one
+line naming what differs (`allow_mixed=True` overrides, and the table then says so). The
+shared protocol is stated above the table.
 """
 from __future__ import annotations
 
@@ -37,6 +43,14 @@ FORMATS = ("md", "csv", "latex")
 
 class TableError(ValueError):
     """An input, baseline or reference is unusable; the message names it."""
+
+
+class MixedSettingsError(TableError):
+    """The inputs were evaluated under different eval settings; the message names them."""
+
+
+PROTOCOL_KEYS = ("temperature", "top_p", "max_new_tokens", "template")
+"""Eval config keys that must agree between compared rows (besides k, problems and grader)."""
 
 
 @dataclass
@@ -122,6 +136,59 @@ def _per_problem(run: Run, bench: str) -> dict[str, list[float]]:
     return {pid: list(s.values()) for pid, s in out.items()}
 
 
+# ---------------------------------------------------------------- comparability
+def protocol(run: Run) -> dict[str, Any]:
+    """The eval settings that make numbers comparable, as `setting name -> value`."""
+    res, cfg = run.results, run.results.get("config") or {}
+    out: dict[str, Any] = {"benchmarks": ", ".join(sorted(res["benchmarks"]))}
+    for name, b in res["benchmarks"].items():
+        out[f"samples per problem on {name}"] = b.get("k", res["k"])
+        out[f"problems in {name}"] = b["n"]
+    out.update({key: cfg.get(key) for key in PROTOCOL_KEYS})
+    grader = res.get("grader")
+    out["grader"] = json.dumps(grader, sort_keys=True) if grader else None  # None: made before it was recorded
+    return out
+
+
+def check_comparable(rows: list[Row], allow_mixed: bool) -> tuple[dict[str, Any], list[str]]:
+    """The settings all inputs share, and one line per differing setting (an error unless allow_mixed)."""
+    seen: dict[str, dict[str, list[str]]] = {}  # setting -> shown value -> rows with it
+    for row in rows:
+        for run in row.runs:
+            for key, value in protocol(run).items():
+                shown = _show(value)
+                names = seen.setdefault(key, {}).setdefault(shown, [])
+                if row.name not in names:
+                    names.append(row.name)
+    shared = {k: next(iter(v)) for k, v in seen.items() if len(v) == 1}
+    diffs = [f"{k} (" + ", ".join(f"{val} in {', '.join(repr(n) for n in names)}" for val, names in v.items()) + ")"
+             for k, v in seen.items() if len(v) > 1]
+    if diffs and not allow_mixed:
+        raise MixedSettingsError("refusing to compare runs evaluated differently: " + "; ".join(diffs)
+                                 + ". Re-evaluate under one protocol, or pass --allow-mixed (allow_mixed=True).")
+    return shared, diffs
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("{"):
+        grader = json.loads(value)  # the profile name, and every setting after it
+        return grader.pop("profile", "?") + " (" + ", ".join(f"{k}={v}" for k, v in grader.items()) + ")"
+    return "not recorded" if value is None else str(value)
+
+
+def protocol_line(shared: dict[str, Any], columns: list[str]) -> str:
+    """`Eval protocol: ...`, the settings every row shares, compactly."""
+    parts = []
+    for label, prefix in (("samples per problem", "samples per problem on"), ("problems", "problems in")):
+        vals = [shared.get(f"{prefix} {b}") for b in columns]
+        if None in vals:
+            continue
+        parts.append(f"{label} {vals[0]} on each benchmark" if len(set(vals)) == 1 else
+                     f"{label} " + ", ".join(f"{DISPLAY.get(b, b)} {v}" for b, v in zip(columns, vals)))
+    parts += [f"{k} {shared[k]}" for k in (*PROTOCOL_KEYS, "grader") if shared.get(k, "not recorded") != "not recorded"]
+    return "Eval protocol (shared by every row): " + "; ".join(parts) + "."
+
+
 # ---------------------------------------------------------------- statistics
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     if not values or any(math.isnan(v) for v in values):
@@ -184,13 +251,16 @@ def _find(rows: list[Row], key: str | Path, role: str) -> Row:
 # ---------------------------------------------------------------- the table
 def make_table(inputs: list[str | Path], baseline: str, reference: str | None = None, fmt: str = "md",
                alpha: float = 1.0, beta: float = 3.0, gamma: float = 5.0,
-               n_boot: int = 2000, seed: int = 0) -> str:
+               n_boot: int = 2000, seed: int = 0, allow_mixed: bool = False) -> str:
     """The comparison table as Markdown, CSV or LaTeX (booktabs).
 
     `baseline` and `reference` are row names or input paths. AES is against `baseline`
     (alpha, beta, gamma as in replaygrpo.report.aes); the Δ column is against `reference`
     (omitted when None), with a paired bootstrap CI of `n_boot` resamples seeded by `seed`.
+    Inputs evaluated under different settings raise MixedSettingsError unless `allow_mixed`.
     """
+    if n_boot < 1:
+        raise TableError(f"bootstrap size must be >= 1, got {n_boot}.")
     if fmt not in FORMATS:
         raise TableError(f"unknown table format {fmt!r}; known: {', '.join(FORMATS)}.")
     if not inputs:
@@ -201,6 +271,7 @@ def make_table(inputs: list[str | Path], baseline: str, reference: str | None = 
     found = {b for r in runs for b in r.results["benchmarks"]}
     columns = [b for b in STANDARD if b in found] + sorted(found - set(STANDARD))
     avg_over = [b for b in STANDARD if b in found] or columns
+    shared, mixed = check_comparable(rows, allow_mixed)
     for row in rows:
         row.stats = row_stats(row, columns, avg_over)
     base = _find(rows, baseline, "baseline")
@@ -225,8 +296,11 @@ def make_table(inputs: list[str | Path], baseline: str, reference: str | None = 
     if ref is not None:
         caption += f"; Δ Avg vs {ref.name!r} in points with a 95% paired bootstrap CI over problems ({n_boot} resamples)"
     caption += "."
+    head = [protocol_line(shared, columns)]
+    if mixed:
+        head.append("MIXED eval settings, compared anyway (--allow-mixed): " + "; ".join(mixed) + ".")
     render = {"md": _markdown, "csv": _csv, "latex": _latex}[fmt]
-    return render(rows, columns, ref is not None, [caption, *notes])
+    return render(rows, columns, ref is not None, [caption, *notes], head)
 
 
 def _num(x: float, digits: int = 1, sign: bool = False) -> str:
@@ -255,14 +329,15 @@ def _header(columns: list[str], has_ref: bool, delta: str = "Δ Avg vs ref [95% 
             "AES (mean)", *([delta] if has_ref else [])]
 
 
-def _markdown(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str]) -> str:
+def _markdown(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str], above: list[str]) -> str:
     head = _header(columns, has_ref)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines = [*above, "", "| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r, columns, has_ref, " ± ")) + " |" for r in rows]
     return "\n".join(lines + [""] + [f"{n}" for n in notes]) + "\n"
 
 
-def _csv(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str]) -> str:
+def _csv(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str], above: list[str]) -> str:
+    # Plain CSV (no comment lines, which CSV readers reject); the settings are checked all the same.
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     stat_cols = [*columns, "avg", "tokens"]
@@ -286,9 +361,9 @@ def latex_escape(text: str) -> str:
     return text.replace("Δ", "$\\Delta$")
 
 
-def _latex(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str]) -> str:
+def _latex(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str], above: list[str]) -> str:
     head = _header(columns, has_ref, "Δ Avg vs ref")
-    lines = [*(f"% {latex_escape(n)}" for n in notes), "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule",
+    lines = [*(f"% {latex_escape(n)}" for n in [*above, *notes]), "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule",
              " & ".join(latex_escape(h) for h in head) + " \\\\", "\\midrule"]
     for r in rows:
         cells = [latex_escape(c) for c in _cells(r, columns, has_ref, " PLUSMINUS ")]
