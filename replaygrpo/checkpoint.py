@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
-from replaygrpo.report import flatten
+from replaygrpo.nested import flatten
 
 if TYPE_CHECKING:
     from replaygrpo.config import Config

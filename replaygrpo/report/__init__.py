@@ -12,22 +12,14 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from replaygrpo.nested import flatten
+
 T = TypeVar("T")
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 IGNORED = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.",
            "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
 """Keys that do not make a different method: runs differing only in these are seeds of one row."""
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any] | None:
