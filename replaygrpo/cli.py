@@ -35,7 +35,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from replaygrpo.data.train_sets import DataError
     from replaygrpo.model import ModelLoadError
     from replaygrpo.checkpoint import CheckpointError
-    from replaygrpo.train import Interrupted, RunDirError, TrainingDiverged
+    from replaygrpo.rundir import RunDirError
+    from replaygrpo.train import Interrupted, TrainingDiverged
 
     errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError, CheckpointError,
                                          Interrupted, TrainingDiverged]

@@ -44,14 +44,11 @@ from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
 from replaygrpo.records import Rollout, SamplingParams
+from replaygrpo.rundir import claim_run_dir, release_run_dir
 from replaygrpo.sampler import PromptSampler
 from replaygrpo.update import update_step
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(RuntimeError):
-    pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,20 +109,6 @@ def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: Gr
     return float(np.mean(correct)), float(np.mean(tokens))
 
 
-def check_run_dir(run_dir: Path, cfg: Config) -> None:
-    if cfg.resume is not None or cfg.overwrite:
-        return
-    if (run_dir / FINAL_MODEL).exists():
-        raise RunDirError(
-            f"run directory {run_dir} already holds a finished run ({FINAL_MODEL}/ exists); "
-            "choose another hydra.run.dir, or pass overwrite=true to replace it.")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists() and metrics.stat().st_size > 0:
-        raise RunDirError(
-            f"run directory {run_dir} holds an unfinished run (metrics.jsonl is not empty); "
-            "pass resume=auto to continue it, or overwrite=true to start over.")
-
-
 class _StopFlag:
     """Turns SIGTERM/SIGINT into 'checkpoint at the end of this step, then exit'."""
 
@@ -155,7 +138,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(distributed.broadcast(str(run_dir)))  # Hydra's default dir is a timestamp: use rank 0's
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_dir(run_dir, cfg)
+    claim_run_dir(run_dir, cfg)  # one process per run dir (rundir.py), then what the dir holds
     seed_everything(cfg.seed)
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
 
@@ -351,4 +334,5 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     distributed.quiesce()
     engine.close()
     distributed.close()
+    release_run_dir(run_dir)
     return summary
