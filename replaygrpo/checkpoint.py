@@ -56,7 +56,7 @@ SHARDS = "shards"
 # Keys that may change between a run and its resumption (the last three change a step's cost, not its values).
 RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
                   "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
-                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")
+                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens", "plan.")
 
 
 class CheckpointError(RuntimeError):

@@ -225,6 +225,14 @@ class LoggerConfig:
     """wandb project."""
 
 
+# --- memory plan (replaygrpo/memplan.py) ---
+@dataclass
+class PlanConfig:
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GB (1e9 bytes) for the memory plan (`replaygrpo plan`, and the check at the
+    start of `train` on CUDA, which refuses a configuration that cannot fit before loading the model)."""
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -241,6 +249,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     eval_after_train: bool = False
     """Run `replaygrpo eval` on the final model into <run dir>/eval."""
     resume: str | None = None
@@ -344,6 +353,7 @@ def validate(cfg: Config) -> Config:
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
+    _require(cfg.plan.gpu_memory_gb > 0, "plan.gpu_memory_gb", cfg.plan.gpu_memory_gb, "a float > 0")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaygrpo import distributed
+from replaygrpo import distributed, memplan
 from replaygrpo.checkpoint import resume, save_checkpoint
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
@@ -139,6 +139,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(distributed.broadcast(str(run_dir)))  # Hydra's default dir is a timestamp: use rank 0's
     run_dir.mkdir(parents=True, exist_ok=True)
     claim_run_dir(run_dir, cfg)  # one process per run dir (rundir.py), then what the dir holds
+    memplan.check(cfg, resolve_device(cfg.device).type, world)  # log the budget; on CUDA refuse what cannot fit
     seed_everything(cfg.seed)
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
 
