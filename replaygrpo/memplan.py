@@ -233,8 +233,9 @@ def _verdict(plan: Plan, cfg: Config, static: list[tuple[str, float]]) -> None:
         plan.fix = (f"the float32 weights and AdamW states alone need {sum(b for _, b in static) / GB:.1f} GB per rank; "
                     "shard them over more GPUs (torchrun --nproc_per_node), or choose a smaller model.name_or_path")
         return
-    for phase, items in plan.phases.items():
-        total = plan.total(phase)
+    # The update first: its floor (states + gradients) does not move with the engine's share.
+    for phase in sorted(plan.phases, key=lambda ph: ph != "update"):
+        items, total = plan.phases[phase], plan.total(phase)
         if total <= usable:
             continue
         over = (total - usable) / GB
@@ -249,9 +250,10 @@ def _verdict(plan: Plan, cfg: Config, static: list[tuple[str, float]]) -> None:
                         f"the update needs {over:.1f} GB more than the card, at any trainer.micro_batch_tokens; "
                         "shard over more GPUs (torchrun --nproc_per_node)")
         elif cfg.engine.name == "vllm":
-            rest = total - cfg.engine.gpu_memory_utilization * plan.gpu_bytes
+            share = cfg.engine.gpu_memory_utilization * plan.gpu_bytes
+            room = min(usable - (plan.total(ph) - share) for ph in ("generate", "sync"))  # the engine's share in both
             plan.fix = (f"the {phase} phase needs {over:.1f} GB more than the card; lower "
-                        f"engine.gpu_memory_utilization (at most {max(usable - rest, 0) / plan.gpu_bytes:.2f} fits "
+                        f"engine.gpu_memory_utilization (at most {max(room, 0) / plan.gpu_bytes:.2f} fits "
                         "beside the trainer), or shard over more GPUs")
         else:
             plan.fix = f"generation needs {over:.1f} GB more than the card; lower engine.batch_size"

@@ -95,16 +95,19 @@ def test_every_preset_is_planned_on_80_and_141_gb(preset):
 
 def test_a_configuration_that_cannot_fit_is_refused_naming_the_key():
     cfg = compose("experiment=paper_4b_replay")
-    plan = make_plan(cfg, 1, 80)  # 4B on one 80 GB card: the engine's share does not fit beside the trainer
-    assert not plan.fits and "engine.gpu_memory_utilization" in plan.fix
+    plan = make_plan(cfg, 1, 80)  # 4B on one 80 GB card: states, gradients and one logits chunk alone are over
+    assert not plan.fits and "at any trainer.micro_batch_tokens" in plan.fix and "nproc_per_node" in plan.fix
     assert make_plan(cfg, 1, 141).fits
+    greedy = make_plan(compose("experiment=paper_1.7b_replay", "engine.gpu_memory_utilization=0.8"), 1, 80)
+    # 80 GB x 0.9 usable - 20.6 GB of states - 1.8 GB gathered at sync = 49.6 GB = 0.62 of the card
+    assert "lower engine.gpu_memory_utilization (at most 0.62 fits" in greedy.fix
     assert "trainer.micro_batch_tokens" in make_plan(compose("experiment=paper_1.7b_replay",
                                                              "trainer.micro_batch_tokens=400000"), 1, 80).fix
     assert "gradient_checkpointing" in make_plan(compose("experiment=paper_1.7b_replay",
                                                          "model.gradient_checkpointing=false"), 1, 80).fix
     assert "nproc_per_node" in make_plan(cfg, 1, 40).fix
     check(cfg, "cpu", 1)  # on CPU the plan is only logged
-    with pytest.raises(PlanError, match="engine.gpu_memory_utilization"):
+    with pytest.raises(PlanError, match="nproc_per_node"):
         check(cfg, "cuda", 1)
 
 
@@ -126,7 +129,7 @@ def test_plan_command_prints_the_budget_and_exits_2_when_it_cannot_fit():
     for phase in ("generate", "update", "sync", "optimiser", "activations", "logits chunk", "KV cache"):
         assert phase in out.output
     out = CliRunner().invoke(app, ["plan", "experiment=paper_4b_replay"])
-    assert out.exit_code == 2 and "engine.gpu_memory_utilization" in out.output
+    assert out.exit_code == 2 and "error: does not fit" in out.output and "nproc_per_node" in out.output
 
 
 def _measure(h: int, L: int, I: int, V: int, rows: int, comp: int, dtype: str, ckpt: int) -> None:
