@@ -8,7 +8,8 @@ Three phases share one card (docs/reproduction.md, "Memory choreography"):
 - update: the engine asleep (vLLM sleep mode frees its share), the trainer adds float32
   gradients, one micro-batch's activations at `trainer.micro_batch_tokens`, a chunk of
   full-vocabulary logits, and under FSDP2 the unsharded layers in flight;
-- sync: the engine awake again, and the largest tensor the in-place sync gathers whole.
+- sync: the engine's weights woken (its KV cache still asleep) and the largest tensor the
+  in-place sync gathers whole and casts; then the KV cache wakes (the generate phase again).
 
 Figures are estimates (bytes per token per layer counted from a Qwen3 decoder layer under
 bf16 autocast over a float32 residual stream, flash/SDPA attention without a T x T score
@@ -203,8 +204,11 @@ def make_plan(cfg: Config, world: int | None = None, gpu_memory_gb: float | None
             update += engine
         plan.phases["update"] = update
         largest = 4 * max(s.embed_params, s.hidden * s.intermediate)  # gathered whole, float32
-        plan.phases["sync"] = [*static, *engine, ("largest gathered tensor (float32) + cast chunk",
-                                                  largest + min(SYNC_CHUNK_BYTES, largest // 2))]
+        # The sync wakes the engine's weights only, streams the new ones in, then wakes the KV cache.
+        plan.phases["sync"] = [*static, (f"vLLM bf16 weights (woken; KV cache still asleep{', tp ' + str(tp) if tp > 1 else ''})",
+                                         engine_weights if e.sleep_mode else share),
+                               ("largest gathered tensor (float32) + cast chunk",
+                                largest + min(SYNC_CHUNK_BYTES, largest // 2))]
         kv_tokens = kv / s.kv_bytes_per_token(2) if kv > 0 else 0
         plan.notes.append(f"vLLM share {share / GB:.1f} GB = bf16 weights {engine_weights / GB:.1f} GB + workspace "
                           f"~{ENGINE_ACTIVATION_BYTES / GB:.0f} GB + KV cache {max(kv, 0) / GB:.1f} GB "
@@ -251,7 +255,7 @@ def _verdict(plan: Plan, cfg: Config, static: list[tuple[str, float]]) -> None:
                         "shard over more GPUs (torchrun --nproc_per_node)")
         elif cfg.engine.name == "vllm":
             share = cfg.engine.gpu_memory_utilization * plan.gpu_bytes
-            room = min(usable - (plan.total(ph) - share) for ph in ("generate", "sync"))  # the engine's share in both
+            room = usable - (plan.total("generate") - share)
             plan.fix = (f"the {phase} phase needs {over:.1f} GB more than the card; lower "
                         f"engine.gpu_memory_utilization (at most {max(room, 0) / plan.gpu_bytes:.2f} fits "
                         "beside the trainer), or shard over more GPUs")

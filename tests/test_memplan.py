@@ -99,8 +99,8 @@ def test_a_configuration_that_cannot_fit_is_refused_naming_the_key():
     assert not plan.fits and "at any trainer.micro_batch_tokens" in plan.fix and "nproc_per_node" in plan.fix
     assert make_plan(cfg, 1, 141).fits
     greedy = make_plan(compose("experiment=paper_1.7b_replay", "engine.gpu_memory_utilization=0.8"), 1, 80)
-    # 80 GB x 0.9 usable - 20.6 GB of states - 1.8 GB gathered at sync = 49.6 GB = 0.62 of the card
-    assert "lower engine.gpu_memory_utilization (at most 0.62 fits" in greedy.fix
+    # 80 GB x 0.9 usable - 20.6 GB of float32 weights and AdamW states = 51.4 GB = 0.64 of the card
+    assert "lower engine.gpu_memory_utilization (at most 0.64 fits" in greedy.fix
     assert "trainer.micro_batch_tokens" in make_plan(compose("experiment=paper_1.7b_replay",
                                                              "trainer.micro_batch_tokens=400000"), 1, 80).fix
     assert "gradient_checkpointing" in make_plan(compose("experiment=paper_1.7b_replay",
