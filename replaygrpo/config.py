@@ -225,12 +225,21 @@ class LoggerConfig:
     """wandb project."""
 
 
-# --- memory plan (replaygrpo/memplan.py) ---
+# --- memory plan and FSDP2 memory settings (replaygrpo/memplan.py, replaygrpo/distributed.py) ---
 @dataclass
 class PlanConfig:
     gpu_memory_gb: float = 80.0
     """Memory of one GPU in GB (1e9 bytes) for the memory plan (`replaygrpo plan`, and the check at the
     start of `train` on CUDA, which refuses a configuration that cannot fit before loading the model)."""
+
+
+@dataclass
+class FsdpConfig:
+    mixed_precision: bool = False
+    """Under torchrun with model.dtype=bfloat16: FSDP2's MixedPrecisionPolicy (bf16 parameters for the
+    all-gather and compute, residual stream included; float32 gradient reduction into float32 shards):
+    half the gather traffic and unsharded-parameter memory. False: float32 all-gathers under autocast,
+    numerically closest to one process (docs/distributed.md)."""
 
 
 @dataclass
@@ -250,6 +259,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     eval_after_train: bool = False
     """Run `replaygrpo eval` on the final model into <run dir>/eval."""
     resume: str | None = None
@@ -354,6 +364,8 @@ def validate(cfg: Config) -> Config:
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
     _require(cfg.plan.gpu_memory_gb > 0, "plan.gpu_memory_gb", cfg.plan.gpu_memory_gb, "a float > 0")
+    _require(not cfg.fsdp.mixed_precision or cfg.model.dtype == "bfloat16", "fsdp.mixed_precision",
+             cfg.fsdp.mixed_precision, "false with model.dtype=float32 (the policy computes in bfloat16)")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")

@@ -135,25 +135,31 @@ def broadcast_weights(model: nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, param_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head).
 
     Gradients are summed over ranks, not averaged: the loss is already normalised by the
     global token (or sequence) count, so the sum is the single-process gradient.
+    `param_dtype` (bfloat16): FSDP2's MixedPrecisionPolicy, as torchtitan and verl use it:
+    the float32 shards are cast before the all-gather, so the gather moves half the bytes and
+    the forward computes on bf16 parameters (residual stream included); gradients are
+    reduced in float32 into float32 shards. None: float32 all-gathers (autocast, if any,
+    casts each matmul's inputs).
     """
     if not active():
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size(),))
     layer_types = set(getattr(model, "_no_split_modules", None) or [])  # HF: e.g. Qwen3DecoderLayer
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder layer class (_no_split_modules); cannot shard")
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)

@@ -190,8 +190,9 @@ def make_plan(cfg: Config, world: int | None = None, gpu_memory_gb: float | None
                activation_bytes(s, tokens, d, cfg.model.gradient_checkpointing)),
               (f"logits chunk ({min(tokens, LOGITS_CHUNK)} tokens x {s.vocab} vocab)", logits_bytes(s, tokens))]
     if world > 1:  # FSDP2: the root (embeddings) stays unsharded after forward; a layer in use and one prefetched
-        update.append(("FSDP2 unsharded params (root + 2 layers, float32)",
-                       4 * ((1 if s.tied else 2) * s.embed_params + 2 * s.layer_params)))
+        gathered = 2 if cfg.fsdp.mixed_precision else 4  # MixedPrecisionPolicy gathers bf16
+        update.append((f"FSDP2 unsharded params (root + 2 layers, {'bf16' if gathered == 2 else 'float32'})",
+                       gathered * ((1 if s.tied else 2) * s.embed_params + 2 * s.layer_params)))
     seq = cfg.data.max_prompt_tokens + e.max_new_tokens
     if e.name == "vllm":
         share = e.gpu_memory_utilization * gpu

@@ -151,7 +151,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
     # torchrun: FSDP2 shards the policy (and the reference) over the ranks; else unchanged.
     device = next(model.parameters()).device
-    distributed.shard(model, device)
+    distributed.shard(model, device, torch.bfloat16 if cfg.fsdp.mixed_precision else None)  # fsdp.mixed_precision
     if ref_model is not None:
         distributed.shard(ref_model, device)
     test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []

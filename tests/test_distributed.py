@@ -36,6 +36,10 @@ CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
     "grad_ckpt": (dict(agg="token_mean", grad_clip=0.5, kl_coef=0.0, layout="padded", grad_ckpt=True), (5, 5)),
     "bf16_autocast": (dict(agg="token_mean", grad_clip=0.0, kl_coef=0.0, layout="packed", bf16=True, tol=2e-2),
                       (7, 3)),
+    # FSDP2 MixedPrecisionPolicy: bf16 all-gathers and compute, float32 gradient reduction,
+    # against today's single process (bf16 autocast over float32 weights).
+    "bf16_mixed_precision": (dict(agg="token_mean", grad_clip=0.0, kl_coef=0.0, layout="packed", bf16=True,
+                                  mp=True, tol=2e-2), (7, 3)),
 }
 NUM_FRESH = 6
 BUDGET = 24  # tokens per micro-batch: small, so micro-batch counts differ between the ranks
@@ -117,21 +121,26 @@ def worker(out_dir: Path) -> None:
     for name, (kw, shares) in CASES.items():
         model, ref = tiny_model(kl=kw["kl_coef"] > 0, grad_ckpt=kw.get("grad_ckpt", False))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        distributed.shard(model, torch.device("cpu"))
+        distributed.shard(model, torch.device("cpu"), param_dtype=torch.bfloat16 if kw.get("mp") else None)
         if ref is not None:
             distributed.shard(ref, torch.device("cpu"))
+        gathered = []  # the dtype a layer's parameters are all-gathered in, seen by its forward
+        layer = model.model.layers[0]
+        hook = layer.register_forward_pre_hook(lambda m, a: gathered.append(m.mlp.up_proj.weight.dtype))
         # Rank r takes a contiguous slice: its fresh rollouts come first (update_step's contract).
         mine = range(sum(shares[:rank]), sum(shares[:rank + 1]))
         rs, ag = [rollouts[i] for i in mine], [ages[i] for i in mine]
         mine_fresh = sum(i < NUM_FRESH for i in mine)
         result = run_update(model, ref, rs, ag, mine_fresh, kw)
+        hook.remove()
         loss = sum(distributed.gather(result.loss))
         idle = distributed.gather(result.idle_passes)
         after = distributed.full_model_state(model)
         if rank == 0:
             delta = {k: after[k] - before[k] for k in before}
             torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle,
-                        "generated": generated},
+                        "generated": generated, "gathered": str(gathered[0]),
+                        "shard_dtype": str(next(iter(after.values())).dtype)},
                        out_dir / f"{name}.pt")
     distributed.close()
 
@@ -173,6 +182,9 @@ def test_two_processes_take_the_single_process_update(tmp_path):
             torch.testing.assert_close(dist["delta"][k], v - before[k], rtol=10 * tol, atol=1e-7 if tol < 1e-4
                                        else tol * float((v - before[k]).abs().max()), msg=f"{name}: {k}")
         assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
+        # Mixed precision gathers bf16 (half the bytes of float32) into float32 shards.
+        assert dist["gathered"] == ("torch.bfloat16" if kw.get("mp") else "torch.float32"), name
+        assert dist["shard_dtype"] == "torch.float32", name
     # Rank 0 held only zero-advantage rollouts: it ran idle passes only, matching rank 1's count.
     assert torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["idle"][0] > 0
     generated = torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["generated"]
