@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
+from replaygrpo.offload import resident
 from replaygrpo.nested import flatten
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ SHARDS = "shards"
 # Keys that may change between a run and its resumption (the last three change a step's cost, not its values).
 RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
                   "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
-                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens", "plan.")
+                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens", "plan.",
+                  "fsdp.offload_optimizer")
 
 
 class CheckpointError(RuntimeError):
@@ -132,7 +134,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
         tmp.mkdir()
     distributed.barrier()
     if sharded:  # each rank its shard of weights and optimiser state (fsynced by DCP's writer)
-        distributed.save_sharded(model, optimizer, tmp / SHARDS)
+        with resident(optimizer):
+            distributed.save_sharded(model, optimizer, tmp / SHARDS)
     # This rank's own state: RNGs and buffer (in one process, its metadata goes in state.json).
     sfx = _rank_suffix()
     rng_tensors, own = rng_state()
@@ -157,7 +160,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
         else:
             weights = model.state_dict()
             save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+            with resident(optimizer):
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             _fsync(tmp / "model.safetensors")
         meta: dict[str, Any] = {"step": step, "state": state, "config": config, "world_size": world,
                                 "buffer_sizes": buffer_sizes}
@@ -306,10 +310,11 @@ def resume(cfg: Config, run_dir: Path, cfg_dict: dict[str, Any], *, model: torch
     if bad:
         raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
                               + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
-    if saved["sharded"]:
-        distributed.load_sharded(model, optimizer, ckpt / SHARDS)
-    else:
-        distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
+    with resident(optimizer):
+        if saved["sharded"]:
+            distributed.load_sharded(model, optimizer, ckpt / SHARDS)
+        else:
+            distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
     scheduler.load_state_dict(saved["optim"]["scheduler"])
     if buffer is not None and "buffer_tensors" in saved:
         buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])

@@ -240,6 +240,10 @@ class FsdpConfig:
     all-gather and compute, residual stream included; float32 gradient reduction into float32 shards):
     half the gather traffic and unsharded-parameter memory. False: float32 all-gathers under autocast,
     numerically closest to one process (docs/distributed.md)."""
+    offload_optimizer: bool = False
+    """Keep AdamW's moments in host memory except during the optimiser step (also in one process): frees
+    8 bytes per parameter (divided over the ranks) during generation, the update's passes and the sync,
+    for two host-device copies per step (replaygrpo/offload.py). Values are unchanged."""
 
 
 @dataclass

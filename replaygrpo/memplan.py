@@ -185,6 +185,10 @@ def make_plan(cfg: Config, world: int | None = None, gpu_memory_gb: float | None
     if cfg.loss.kl_coef > 0:
         static.append((f"reference model (float32{sharded})", 4 * p / world))
     tokens = t.micro_batch_tokens
+    optim = static[1]
+    if cfg.fsdp.offload_optimizer:  # in host memory except during the step itself
+        static = [x for x in static if x is not optim]
+        plan.phases["step"] = [*static, (f"gradients (float32{sharded})", 4 * p / world), optim]
     update = [*static, (f"gradients (float32{sharded})", 4 * p / world),
               (f"activations ({tokens} tokens, grad ckpt {'on' if cfg.model.gradient_checkpointing else 'off'})",
                activation_bytes(s, tokens, d, cfg.model.gradient_checkpointing)),

@@ -231,7 +231,8 @@ def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
     assert set(json.loads((ckpt / "manifest.json").read_text())) == files - {"manifest.json"}
 
     # Both ranks SIGKILLed once checkpoint 1 is in place; resume=auto gives the same metrics and weights.
-    proc = subprocess.Popen(torchrun_cmd(*train_args(killed)), cwd=REPO, env=torchrun_env(),
+    # This run keeps AdamW's (sharded) moments in host memory between steps: values unchanged.
+    proc = subprocess.Popen(torchrun_cmd(*train_args(killed, "fsdp.offload_optimizer=true")), cwd=REPO, env=torchrun_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step-00000001").is_dir() and proc.poll() is None and time.time() < deadline:
@@ -239,7 +240,7 @@ def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final_model").exists(), "the run finished before it could be killed"
-    out = torchrun(*train_args(killed, "resume=auto"))
+    out = torchrun(*train_args(killed, "resume=auto", "fsdp.offload_optimizer=true"))
     assert out.returncode == 0, out.stderr[-4000:]
     assert "resumed from" in out.stdout + out.stderr
     assert metrics(killed) == rows
