@@ -188,7 +188,10 @@ def make_plan(cfg: Config, world: int | None = None, gpu_memory_gb: float | None
     optim = static[1]
     if cfg.fsdp.offload_optimizer:  # in host memory except during the step itself
         static = [x for x in static if x is not optim]
-        plan.phases["step"] = [*static, (f"gradients (float32{sharded})", 4 * p / world), optim]
+    # The optimiser step, activations freed: foreach AdamW holds one float32 temporary per parameter.
+    plan.phases["step"] = [*static, *([optim] if cfg.fsdp.offload_optimizer else []),
+                           (f"gradients (float32{sharded})", 4 * p / world),
+                           ("AdamW foreach temporary (float32)", 4 * p / world)]
     update = [*static, (f"gradients (float32{sharded})", 4 * p / world),
               (f"activations ({tokens} tokens, grad ckpt {'on' if cfg.model.gradient_checkpointing else 'off'})",
                activation_bytes(s, tokens, d, cfg.model.gradient_checkpointing)),
@@ -242,13 +245,16 @@ def _verdict(plan: Plan, cfg: Config, static: list[tuple[str, float]]) -> None:
         plan.fix = (f"the float32 weights and AdamW states alone need {sum(b for _, b in static) / GB:.1f} GB per rank; "
                     "shard them over more GPUs (torchrun --nproc_per_node), or choose a smaller model.name_or_path")
         return
-    # The update first: its floor (states + gradients) does not move with the engine's share.
-    for phase in sorted(plan.phases, key=lambda ph: ph != "update"):
+    # The step and the update first: their floor (states + gradients) does not move with the engine's share.
+    for phase in sorted(plan.phases, key=lambda ph: ph not in ("step", "update")):
         items, total = plan.phases[phase], plan.total(phase)
         if total <= usable:
             continue
         over = (total - usable) / GB
-        if phase == "update" and not cfg.model.gradient_checkpointing:
+        if phase == "step":
+            plan.fix = (f"the optimiser step (weights, gradients, AdamW states and a temporary) needs {over:.1f} GB "
+                        "more than the card; shard over more GPUs (torchrun --nproc_per_node)")
+        elif phase == "update" and not cfg.model.gradient_checkpointing:
             plan.fix = f"the update needs {over:.1f} GB more than the card; set model.gradient_checkpointing=true"
         elif phase == "update":
             act = next(b for n, b in items if n.startswith("activations"))

@@ -90,13 +90,15 @@ def test_every_preset_is_planned_on_80_and_141_gb(preset):
     for gb in (80, 141):
         plan = make_plan(cfg, world, gb)
         assert plan.fits, (preset, gb, plan.render())
-        assert set(plan.phases) == {"generate", "update", "sync"}
+        assert set(plan.phases) == {"step", "generate", "update", "sync"}
 
 
 def test_a_configuration_that_cannot_fit_is_refused_naming_the_key():
     cfg = compose("experiment=paper_4b_replay")
-    plan = make_plan(cfg, 1, 80)  # 4B on one 80 GB card: states, gradients and one logits chunk alone are over
-    assert not plan.fits and "at any trainer.micro_batch_tokens" in plan.fix and "nproc_per_node" in plan.fix
+    plan = make_plan(cfg, 1, 80)  # 4B on one 80 GB card: the step's weights, gradients and AdamW states are over
+    assert not plan.fits and "optimiser step" in plan.fix and "nproc_per_node" in plan.fix
+    offloaded = make_plan(compose("experiment=paper_4b_replay", "fsdp.offload_optimizer=true"), 1, 80)
+    assert offloaded.total("generate") < plan.total("generate") - 30e9 and not offloaded.fits  # the step still is
     assert make_plan(cfg, 1, 141).fits
     greedy = make_plan(compose("experiment=paper_1.7b_replay", "engine.gpu_memory_utilization=0.8"), 1, 80)
     # 80 GB x 0.9 usable - 20.6 GB of float32 weights and AdamW states = 51.4 GB = 0.64 of the card
