@@ -1,4 +1,5 @@
-"""Optimiser state in host memory between steps (`fsdp.offload_optimizer`), as verl offloads it.
+"""What leaves the device between optimiser steps: the gradients (always, in `train`), and the
+optimiser state in host memory (`fsdp.offload_optimizer`), as verl offloads it.
 
 AdamW's `exp_avg` and `exp_avg_sq` (8 bytes per parameter, divided over the ranks under
 FSDP2) are needed only inside `optimizer.step()`. With the switch on they live in pinned
@@ -66,6 +67,13 @@ class OptimizerOffload:
             if t.untyped_storage().size() == 0:
                 t.untyped_storage().resize_(t.numel() * t.element_size())
                 t.copy_(self.host[key], non_blocking=t.is_cuda)
+
+
+def free_gradients_after_step(optimizer: torch.optim.Optimizer) -> None:
+    """Set the gradients to None as soon as the step has used them: nothing reads them before
+    the next update, and otherwise they (4 bytes per parameter, sharded) stay on the device
+    through generation and the sync, beside the engine's KV cache."""
+    optimizer.register_step_post_hook(lambda opt, *_: opt.zero_grad(set_to_none=True))
 
 
 def offload_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerOffload:

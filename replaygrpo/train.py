@@ -40,7 +40,7 @@ from replaygrpo.grading import GradingPool
 from replaygrpo.grpo import group_advantages
 from replaygrpo.metrics import MetricsLogger, global_metrics, progress_bar
 from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_device, stop_token_ids
-from replaygrpo.offload import offload_optimizer
+from replaygrpo.offload import free_gradients_after_step, offload_optimizer
 from replaygrpo.replay import NaiveReplayBuffer, ReplayBuffer, compose_batch
 from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
@@ -171,6 +171,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                           autocast_dtype=autocast_dtype)
     buffer = build_buffer(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    free_gradients_after_step(optimizer)  # not needed until the next update; the engine needs the room
     if cfg.fsdp.offload_optimizer:  # AdamW's moments in host memory between steps (offload.py)
         offload_optimizer(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

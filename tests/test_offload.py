@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-from replaygrpo.offload import offload_optimizer, resident
+from replaygrpo.offload import free_gradients_after_step, offload_optimizer, resident
 from tests.test_resume import comparable, env, train_cmd
 
 
@@ -56,3 +56,13 @@ def test_a_run_with_offload_checkpoints_and_resumes_to_the_same_metrics(tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     assert comparable(off) == comparable(full)
     assert json.loads((off / "summary.json").read_text())["steps"] == 4
+
+
+def test_gradients_are_freed_by_the_step():
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    free_gradients_after_step(opt)
+    model(torch.randn(3, 4)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    opt.step()
+    assert all(p.grad is None for p in model.parameters()) and opt.state  # stepped, then freed
