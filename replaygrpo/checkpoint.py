@@ -7,11 +7,21 @@ buffer are safetensors, state is JSON; the optimiser's state dict goes through
 `torch.save` and is only ever read back with `weights_only=True` (tensors and plain
 containers, no arbitrary pickle).
 
-Under torchrun every rank takes part: rank 0 writes the full weights and optimiser state
-(gathered from the FSDP shards, keyed by parameter name) and state.json; each rank writes
-its own buffer and RNG state (buffer_rank{r}, rng_rank{r}, state_rank{r}.json) into the
-same temporary directory before rank 0 checksums and renames it. The run directory must
-then be on a filesystem every node sees. Resuming needs the same number of processes.
+Under torchrun every rank takes part and nothing is gathered: the weights and optimiser
+state go through `torch.distributed.checkpoint` (DCP) into `shards/`, each rank writing its
+own shard (as torchtitan does), and each rank writes its own buffer and RNG state
+(buffer_rank{r}, rng_rank{r}, state_rank{r}.json) into the same temporary directory; the
+ranks checksum the files between them, then rank 0 writes the manifest and renames the
+directory into place. The run directory must be on a filesystem every node sees. Only the
+final model is gathered whole (train.py's export).
+
+Resuming on another number of processes: DCP reshards the weights and optimiser state to
+any world size (one process reads the whole tensors), but each rank's replay buffer holds
+the rollouts that rank generated and has no owner among a different set of ranks, so a
+checkpoint whose buffers hold rollouts is refused on another world size; with empty (or
+no) buffers it resumes, rank r < saved world size taking rank r's RNG state and the other
+ranks their fresh seeding. Checkpoints written before sharding (model.safetensors and
+optim.pt with the full state, also what one process writes) load as before.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
 from replaygrpo.config import RESUMABLE_KEYS, Config, flatten, key_matches
+from replaygrpo.offload import resident
 
 if TYPE_CHECKING:
     from replaygrpo.replay.buffer import BaseReplayBuffer
@@ -40,6 +51,8 @@ log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
+SHARDS = "shards"
+"""Under torchrun: the DCP checkpoint of weights and optimiser state, one file per rank."""
 
 
 class CheckpointError(RuntimeError):
@@ -103,9 +116,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
                     scheduler: Any, buffer: Any, state: dict[str, Any], replay_gen: torch.Generator,
                     config: dict[str, Any], keep: int) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep` (every rank calls it)."""
-    weights = distributed.full_model_state(model)  # collectives: rank 0 gets the full state
-    optim = distributed.full_optimizer_state(model, optimizer)
-    main, world = distributed.is_main(), distributed.world_size()
+    main, world, sharded = distributed.is_main(), distributed.world_size(), distributed.active()
     root = run_dir / CKPT_DIR
     final = root / f"step-{step:08d}"
     tmp = Path(distributed.broadcast(str(root / f".tmp-step-{step:08d}-{os.getpid()}")))
@@ -114,6 +125,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     distributed.barrier()
+    if sharded:  # each rank its shard of weights and optimiser state (fsynced by DCP's writer)
+        with resident(optimizer):
+            distributed.save_sharded(model, optimizer, tmp / SHARDS)
     # This rank's own state: RNGs and buffer (in one process, its metadata goes in state.json).
     sfx = _rank_suffix()
     rng_tensors, own = rng_state()
@@ -130,18 +144,30 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
         written.append(tmp / f"state{sfx}.json")
     for p in written:
         _fsync(p)
+    buffer_sizes = distributed.gather(len(buffer) if buffer is not None else 0)
     distributed.barrier()  # every rank's files are in place
     if main:
-        save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
-        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        meta: dict[str, Any] = {"step": step, "state": state, "config": config, "world_size": world}
+        if sharded:
+            torch.save({"scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        else:
+            weights = model.state_dict()
+            save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
+            with resident(optimizer):
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+            _fsync(tmp / "model.safetensors")
+        meta: dict[str, Any] = {"step": step, "state": state, "config": config, "world_size": world,
+                                "buffer_sizes": buffer_sizes}
         if world == 1:
             meta.update(meta_own)
         (tmp / "state.json").write_text(json.dumps(meta))
-        for p in (tmp / "model.safetensors", tmp / "optim.pt", tmp / "state.json"):
+        for p in (tmp / "optim.pt", tmp / "state.json"):
             _fsync(p)
-        files = sorted(p for p in tmp.iterdir() if p.is_file())
-        (tmp / MANIFEST).write_text(json.dumps({p.name: _sha256(p) for p in files}))
+    # Checksums: the ranks share the hashing (a 4B model's shards are tens of GB).
+    names = distributed.broadcast(sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+                                  if main else None)
+    sums = distributed.gather({n: _sha256(tmp / n) for n in names[distributed.rank()::world]})
+    if main:
+        (tmp / MANIFEST).write_text(json.dumps(dict(sorted(kv for part in sums for kv in part.items()))))
         _fsync(tmp / MANIFEST)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -152,9 +178,12 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimiz
     return final
 
 
-def _rank_suffix() -> str:
-    """'' in one process, '_rank{r}' under torchrun: the names of a rank's own files."""
-    return f"_rank{distributed.rank()}" if distributed.active() else ""
+def _rank_suffix(rank: int | None = None, world: int | None = None) -> str:
+    """'' in one process, '_rank{r}' under torchrun: the names of a rank's own files
+    (this process's, or rank `rank`'s of a run of `world` processes)."""
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world is None else world
+    return f"_rank{rank}" if world > 1 else ""
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -197,27 +226,44 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Everything a resume needs. Under torchrun the weights and optimiser state are read
-    on rank 0 only ({} elsewhere; `distributed.load_full_state` broadcasts them), and each
-    rank reads its own buffer and RNGs, so the number of processes must be the same."""
+    """Everything a resume needs but the weights and optimiser state of a sharded checkpoint
+    (`meta["sharded"]`: `distributed.load_sharded` reads them). A full-state checkpoint's
+    weights and optimiser state are read on rank 0 only ({} elsewhere;
+    `distributed.load_full_state` broadcasts them). Each rank reads its own buffer and RNGs."""
     meta = json.loads((path / "state.json").read_text())
-    saved_world, world = meta.get("world_size", 1), distributed.world_size()
+    saved_world, world, rank = meta.get("world_size", 1), distributed.world_size(), distributed.rank()
     if saved_world != world:
-        raise CheckpointError(
-            f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}; every "
-            "rank's replay buffer and RNG state is its own, so resume with the same number of processes "
-            "(torchrun --nnodes/--nproc_per_node).")
-    sfx = _rank_suffix()
-    if world > 1:
+        sizes = meta.get("buffer_sizes")  # absent before sharded checkpoints: any buffer file counts
+        if any((path / f"buffer{_rank_suffix(r, saved_world)}.safetensors").exists() for r in range(saved_world)) \
+                and (sizes is None or any(sizes)):
+            raise CheckpointError(
+                f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: the "
+                f"weights and optimiser state would reshard, but each rank's replay buffer holds the rollouts "
+                f"that rank generated ({sizes if sizes is not None else 'sizes not recorded'}), and they have "
+                "no owner among a different number of ranks; resume with the same number of processes "
+                "(torchrun --nnodes/--nproc_per_node).")
+        log.warning("checkpoint %s was written by %d process(es), this run has %d: weights and optimiser state "
+                    "reshard; the replay buffers were empty; ranks beyond %d start their RNGs from the seed",
+                    path, saved_world, world, saved_world)
+    src = rank if rank < saved_world else None  # whose buffer and RNGs this rank takes
+    sfx = _rank_suffix(rank, saved_world)
+    if saved_world > 1 and src is not None:
         meta.update(json.loads((path / f"state{sfx}.json").read_text()))
+    elif saved_world > 1:
+        meta.pop("buffer", None)
     main = distributed.is_main()
-    meta["weights"] = load_file(path / "model.safetensors") if main else {}
-    optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu") if main else {"optimizer": {}}
+    meta["sharded"] = (path / SHARDS).is_dir()
+    if meta["sharded"]:
+        optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu") if main else {}
+    else:
+        meta["weights"] = load_file(path / "model.safetensors") if main else {}
+        optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu") if main else {"optimizer": {}}
     optim["scheduler"] = distributed.broadcast(optim.get("scheduler"))
     meta["optim"] = optim
-    meta["rng_tensors"] = load_file(path / f"rng{sfx}.safetensors")
-    if (path / f"buffer{sfx}.safetensors").exists():
-        meta["buffer_tensors"] = load_file(path / f"buffer{sfx}.safetensors")
+    if src is not None:
+        meta["rng_tensors"] = load_file(path / f"rng{sfx}.safetensors")
+        if (path / f"buffer{sfx}.safetensors").exists():
+            meta["buffer_tensors"] = load_file(path / f"buffer{sfx}.safetensors")
     return meta
 
 
@@ -256,12 +302,17 @@ def resume(cfg: Config, run_dir: Path, cfg_dict: dict[str, Any], *, model: torch
     if bad:
         raise CheckpointError(f"checkpoint {ckpt} was written with a different config; keys that differ: "
                               + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items()))
-    distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
+    with resident(optimizer):
+        if saved["sharded"]:
+            distributed.load_sharded(model, optimizer, ckpt / SHARDS)
+        else:
+            distributed.load_full_state(model, optimizer, saved["weights"], saved["optim"]["optimizer"])
     scheduler.load_state_dict(saved["optim"]["scheduler"])
-    if buffer is not None:
+    if buffer is not None and "buffer_tensors" in saved:
         buffer.load_state_dict(saved["buffer_tensors"], saved["buffer"])
-    set_rng_state(saved["rng_tensors"], saved["rng"])
-    replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
+    if "rng_tensors" in saved:  # absent on a rank the checkpoint's run did not have
+        set_rng_state(saved["rng_tensors"], saved["rng"])
+        replay_gen.set_state(saved["rng_tensors"]["replay_gen"])
     state = saved["state"]
     sampler.load_state_dict(state["sampler"])
     if distributed.is_main():

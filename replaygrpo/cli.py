@@ -42,7 +42,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from replaygrpo.data.train_sets import DataError
     from replaygrpo.model import ModelLoadError
     from replaygrpo.checkpoint import CheckpointError
-    from replaygrpo.train import Interrupted, RunDirError, TrainingDiverged
+    from replaygrpo.rundir import RunDirError
+    from replaygrpo.train import Interrupted, TrainingDiverged
 
     errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError, CheckpointError,
                                          Interrupted, TrainingDiverged]
@@ -291,6 +292,35 @@ def config_show(ctx: typer.Context) -> None:
     except Exception as err:  # OmegaConf validation errors name the key
         fail(f"{type(err).__name__}: {err}")
     typer.echo(OmegaConf.to_yaml(dcfg))
+
+
+@app.command("plan", context_settings=HYDRA_ARGS)
+def plan(
+    ctx: typer.Context,
+    world_size: Annotated[Optional[int], typer.Option(help="Ranks (torchrun processes); default WORLD_SIZE or 1.")] = None,
+    gpu_memory_gb: Annotated[Optional[float], typer.Option(help="GB per GPU; default plan.gpu_memory_gb.")] = None,
+) -> None:
+    """Per-GPU memory budget of the config for Hydra OVERRIDES (e.g. `plan experiment=paper_4b_replay
+    --world-size 2`): weights, gradients, optimiser, activations, logits, KV cache, sync, per phase.
+    Exits 2 naming the key to change when it cannot fit."""
+    from unittest.mock import patch
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from replaygrpo.memplan import make_plan
+
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    try:  # validated for that world size (prompts_per_step must divide by it)
+        with patch.dict(os.environ, {"WORLD_SIZE": str(world)}), \
+                initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            cfg = to_config(compose(config_name="config", overrides=list(ctx.args)))
+        result = make_plan(cfg, world, gpu_memory_gb)
+    except (HydraException, ConfigError) as err:
+        fail(str(err).strip())
+    typer.echo(result.render())
+    if not result.fits:
+        fail(f"does not fit: {result.fix}")
 
 
 def main() -> None:

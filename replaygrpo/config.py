@@ -245,6 +245,27 @@ class LoggerConfig:
     """wandb project."""
 
 
+# --- memory plan and FSDP2 memory settings (replaygrpo/memplan.py, replaygrpo/distributed.py) ---
+@dataclass
+class PlanConfig:
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GB (1e9 bytes) for the memory plan (`replaygrpo plan`, and the check at the
+    start of `train` on CUDA, which refuses a configuration that cannot fit before loading the model)."""
+
+
+@dataclass
+class FsdpConfig:
+    mixed_precision: bool = False
+    """Under torchrun with model.dtype=bfloat16: FSDP2's MixedPrecisionPolicy (bf16 parameters for the
+    all-gather and compute, residual stream included; float32 gradient reduction into float32 shards):
+    half the gather traffic and unsharded-parameter memory. False: float32 all-gathers under autocast,
+    numerically closest to one process (docs/distributed.md)."""
+    offload_optimizer: bool = False
+    """Keep AdamW's moments in host memory except during the optimiser step (also in one process): frees
+    8 bytes per parameter (divided over the ranks) during generation, the update's passes and the sync,
+    for two host-device copies per step (replaygrpo/offload.py). Values are unchanged."""
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -261,6 +282,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     eval_after_train: bool = False
     """Run `replaygrpo eval` on the final model into <run dir>/eval."""
     resume: str | None = None
@@ -275,8 +298,10 @@ class Config:
 # in "." covers every key under it.
 RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrite", "eval_after_train",
                   "trainer.grader_workers", "cache_dir", "eval.", "trainer.update_layout",
-                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens")
-"""Keys that may change between a run and its resumption (the last three change a step's cost, not its values)."""
+                  "trainer.skip_zero_advantage", "trainer.micro_batch_tokens", "plan.",
+                  "fsdp.offload_optimizer")
+"""Keys that may change between a run and its resumption (the last five change a step's cost or the
+memory plan, not its values)."""
 BOOKKEEPING_KEYS = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.",
                     "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
 """Keys that do not make a different method: runs differing only in these are seeds of one row (report)."""
@@ -379,6 +404,7 @@ def validate(cfg: Config) -> Config:
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
+<<<<<<< HEAD
     for name, n in cfg.eval.k_per_benchmark.items():
         _require(name in cfg.eval.benchmarks, "eval.k_per_benchmark", name, "a benchmark of eval.benchmarks")
         _require(n >= 1, f"eval.k_per_benchmark.{name}", n, "an integer >= 1")
@@ -386,6 +412,11 @@ def validate(cfg: Config) -> Config:
     for pk in cfg.eval.pass_k:
         _require(1 <= pk <= most, "eval.pass_k", list(cfg.eval.pass_k),
                  f"integers in [1, {most}] (the most samples any benchmark gets)")
+=======
+    _require(cfg.plan.gpu_memory_gb > 0, "plan.gpu_memory_gb", cfg.plan.gpu_memory_gb, "a float > 0")
+    _require(not cfg.fsdp.mixed_precision or cfg.model.dtype == "bfloat16", "fsdp.mixed_precision",
+             cfg.fsdp.mixed_precision, "false with model.dtype=float32 (the policy computes in bfloat16)")
+>>>>>>> i13
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")

@@ -9,7 +9,7 @@ over ranks instead of averaging them. Without torchrun (or with one process) eve
 function here is a no-op or the identity and no process group exists.
 
 Nothing here is a distributed layer of its own: torch.distributed collectives, FSDP2's
-`fully_shard` and the `torch.distributed.checkpoint.state_dict` API do the work.
+`fully_shard` and `torch.distributed.checkpoint` (sharded saves, its state_dict API) do the work.
 """
 from __future__ import annotations
 
@@ -135,25 +135,31 @@ def broadcast_weights(model: nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, param_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head).
 
     Gradients are summed over ranks, not averaged: the loss is already normalised by the
     global token (or sequence) count, so the sum is the single-process gradient.
+    `param_dtype` (bfloat16): FSDP2's MixedPrecisionPolicy, as torchtitan and verl use it:
+    the float32 shards are cast before the all-gather, so the gather moves half the bytes and
+    the forward computes on bf16 parameters (residual stream included); gradients are
+    reduced in float32 into float32 shards. None: float32 all-gathers (autocast, if any,
+    casts each matmul's inputs).
     """
     if not active():
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size(),))
     layer_types = set(getattr(model, "_no_split_modules", None) or [])  # HF: e.g. Qwen3DecoderLayer
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder layer class (_no_split_modules); cannot shard")
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
@@ -235,7 +241,7 @@ def idle_pass(model: nn.Module, ref_model: nn.Module | None, pad_id: int, device
     (logits.sum() * 0.0).backward()
 
 
-# --- full state for checkpoints and the final model -------------------------------------
+# --- full state: the final model, and checkpoints of one process ----------------------
 
 def _options(**kw: bool) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -253,20 +259,11 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_options(cpu_offload=True))
 
 
-def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Under torchrun the optimiser state keyed by parameter name (full tensors) on rank 0,
-    {} elsewhere (a collective); in one process `optimizer.state_dict()`."""
-    if not active():
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-
-
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                     weights: dict[str, torch.Tensor], optim: dict[str, Any]) -> None:
     """Load rank 0's full weights and optimiser state into the sharded model (the other
-    ranks pass {}); a collective. In one process, plain `load_state_dict`."""
+    ranks pass {}); a collective. In one process, plain `load_state_dict`. (Checkpoints
+    written by one process, or under torchrun before sharded checkpoints.)"""
     if not active():
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim)
@@ -276,3 +273,38 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
     opts = _options(broadcast_from_rank0=True)
     set_model_state_dict(model, weights, options=opts)
     set_optimizer_state_dict(model, optimizer, optim, options=opts)
+
+
+# --- sharded checkpoints (torch.distributed.checkpoint) ---------------------------------
+
+def _sharded_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Optimiser state keyed by parameter name, flat ("state.<fqn>.exp_avg"): it reshards
+    # like the weights, so a checkpoint loads on another number of ranks (as torchtitan does).
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Any) -> None:
+    """Every rank writes its own shard of the weights and optimiser state under `path`
+    (DCP's file-system writer: one file per rank, fsynced, and rank 0's `.metadata`).
+    Nothing is gathered; a collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer, options=_sharded_options())
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Any) -> None:
+    """Read a `save_sharded` checkpoint into this (sharded or whole) model and optimiser.
+    DCP reads each rank's slices from whichever files hold them, so the number of ranks
+    may differ from the writer's; in one process it loads whole tensors."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    opts = _sharded_options()
+    msd, osd = get_state_dict(model, optimizer, options=opts)  # the target layout (and shapes)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaygrpo import distributed
+from replaygrpo import distributed, memplan
 from replaygrpo.checkpoint import resume, save_checkpoint
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
@@ -43,15 +43,13 @@ from replaygrpo.model import FINAL_MODEL, end_of_text_id, load_model, resolve_de
 from replaygrpo.records import SamplingParams, UpdateBatch
 from replaygrpo.rollout import build_engine
 from replaygrpo.rollout.step import make_rollouts
+from replaygrpo.offload import free_gradients_after_step, offload_optimizer
+from replaygrpo.rundir import claim_run_dir, release_run_dir
 from replaygrpo.sampler import PromptSampler
 from replaygrpo.update import UpdateOptions, update_step
 from replaygrpo.variants import resolve as resolve_variants
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(RuntimeError):
-    pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,20 +101,6 @@ def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: Gr
     return float(np.mean(correct)), float(np.mean(tokens))
 
 
-def check_run_dir(run_dir: Path, cfg: Config) -> None:
-    if cfg.resume is not None or cfg.overwrite:
-        return
-    if (run_dir / FINAL_MODEL).exists():
-        raise RunDirError(
-            f"run directory {run_dir} already holds a finished run ({FINAL_MODEL}/ exists); "
-            "choose another hydra.run.dir, or pass overwrite=true to replace it.")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists() and metrics.stat().st_size > 0:
-        raise RunDirError(
-            f"run directory {run_dir} holds an unfinished run (metrics.jsonl is not empty); "
-            "pass resume=auto to continue it, or overwrite=true to start over.")
-
-
 class _StopFlag:
     """Turns SIGTERM/SIGINT into 'checkpoint at the end of this step, then exit'."""
 
@@ -147,7 +131,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(distributed.broadcast(str(run_dir)))  # Hydra's default dir is a timestamp: use rank 0's
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_dir(run_dir, cfg)
+    claim_run_dir(run_dir, cfg)  # one process per run dir (rundir.py), then what the dir holds
+    memplan.check(cfg, resolve_device(cfg.device).type, world)  # log the budget; on CUDA refuse what cannot fit
     seed_everything(cfg.seed)
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
 
@@ -159,7 +144,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
     # torchrun: FSDP2 shards the policy (and the reference) over the ranks; else unchanged.
     device = next(model.parameters()).device
-    distributed.shard(model, device)
+    distributed.shard(model, device, torch.bfloat16 if cfg.fsdp.mixed_precision else None)  # fsdp.mixed_precision
     if ref_model is not None:
         distributed.shard(ref_model, device)
     test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
@@ -179,6 +164,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     replay = variants.method.build(cfg.replay)  # method=grpo: keeps nothing, composes fresh only
     update_opts = UpdateOptions.from_config(cfg, tok.pad_token_id, autocast_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    free_gradients_after_step(optimizer)  # not needed until the next update; the engine needs the room
+    if cfg.fsdp.offload_optimizer:  # AdamW's moments in host memory between steps (offload.py)
+        offload_optimizer(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / t_cfg.warmup_steps) if t_cfg.warmup_steps else 1.0)
     replay_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * rank)  # each rank's own buffer draws
@@ -295,4 +283,5 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     distributed.quiesce()
     engine.close()
     distributed.close()
+    release_run_dir(run_dir)
     return summary

@@ -13,9 +13,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,10 @@ CASES = {  # name: (update_step keywords, ranks' shares of the 10 rollouts)
     "grad_ckpt": (dict(agg="token_mean", grad_clip=0.5, kl_coef=0.0, layout="padded", grad_ckpt=True), (5, 5)),
     "bf16_autocast": (dict(agg="token_mean", grad_clip=0.0, kl_coef=0.0, layout="packed", bf16=True, tol=2e-2),
                       (7, 3)),
+    # FSDP2 MixedPrecisionPolicy: bf16 all-gathers and compute, float32 gradient reduction,
+    # against today's single process (bf16 autocast over float32 weights).
+    "bf16_mixed_precision": (dict(agg="token_mean", grad_clip=0.0, kl_coef=0.0, layout="packed", bf16=True,
+                                  mp=True, tol=2e-2), (7, 3)),
 }
 NUM_FRESH = 6
 BUDGET = 24  # tokens per micro-batch: small, so micro-batch counts differ between the ranks
@@ -116,21 +122,26 @@ def worker(out_dir: Path) -> None:
     for name, (kw, shares) in CASES.items():
         model, ref = tiny_model(kl=kw["kl_coef"] > 0, grad_ckpt=kw.get("grad_ckpt", False))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        distributed.shard(model, torch.device("cpu"))
+        distributed.shard(model, torch.device("cpu"), param_dtype=torch.bfloat16 if kw.get("mp") else None)
         if ref is not None:
             distributed.shard(ref, torch.device("cpu"))
+        gathered = []  # the dtype a layer's parameters are all-gathered in, seen by its forward
+        layer = model.model.layers[0]
+        hook = layer.register_forward_pre_hook(lambda m, a: gathered.append(m.mlp.up_proj.weight.dtype))
         # Rank r takes a contiguous slice: its fresh rollouts come first (update_step's contract).
         mine = range(sum(shares[:rank]), sum(shares[:rank + 1]))
         rs, ag = [rollouts[i] for i in mine], [ages[i] for i in mine]
         mine_fresh = sum(i < NUM_FRESH for i in mine)
         result = run_update(model, ref, rs, ag, mine_fresh, kw)
+        hook.remove()
         loss = sum(distributed.gather(result.loss))
         idle = distributed.gather(result.idle_passes)
         after = distributed.full_model_state(model)
         if rank == 0:
             delta = {k: after[k] - before[k] for k in before}
             torch.save({"loss": loss, "grad_norm": result.grad_norm, "delta": delta, "idle": idle,
-                        "generated": generated},
+                        "generated": generated, "gathered": str(gathered[0]),
+                        "shard_dtype": str(next(iter(after.values())).dtype)},
                        out_dir / f"{name}.pt")
     distributed.close()
 
@@ -141,12 +152,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def torchrun_cmd(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+
+
 def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(torchrun_cmd(*args, nproc=nproc), cwd=REPO, env=torchrun_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_two_processes_take_the_single_process_update(tmp_path):
@@ -165,6 +183,9 @@ def test_two_processes_take_the_single_process_update(tmp_path):
             torch.testing.assert_close(dist["delta"][k], v - before[k], rtol=10 * tol, atol=1e-7 if tol < 1e-4
                                        else tol * float((v - before[k]).abs().max()), msg=f"{name}: {k}")
         assert single.grad_norm > (kw["grad_clip"] or 0), "the clip case must actually clip"
+        # Mixed precision gathers bf16 (half the bytes of float32) into float32 shards.
+        assert dist["gathered"] == ("torch.bfloat16" if kw.get("mp") else "torch.float32"), name
+        assert dist["shard_dtype"] == "torch.float32", name
     # Rank 0 held only zero-advantage rollouts: it ran idle passes only, matching rank 1's count.
     assert torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["idle"][0] > 0
     generated = torch.load(tmp_path / "seq_mean_token_sum.pt", weights_only=True)["generated"]
@@ -186,7 +207,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    full, killed = tmp_path / "full", tmp_path / "killed"
     out = torchrun(*train_args(full))
     assert out.returncode == 0, out.stderr[-4000:]
     rows = metrics(full)
@@ -203,27 +224,55 @@ def test_torchrun_trains_replay_end_to_end_and_resumes_exactly(tmp_path):
     for acc in (summary["start_accuracy"], summary["final_accuracy"]):
         assert acc * 33 == pytest.approx(round(acc * 33), abs=1e-9)  # of the 33 problems, not 34
     ckpt = full / "checkpoints" / "step-00000001"
-    assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors", "model.safetensors"} <= {
-        p.name for p in ckpt.iterdir()}
+    files = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()}
+    # Sharded: each rank wrote its own DCP shard; nothing was gathered into a full state.
+    assert {"buffer_rank0.safetensors", "buffer_rank1.safetensors", "shards/.metadata"} <= files
+    assert len([f for f in files if f.startswith("shards/") and f.endswith(".distcp")]) == 2
+    assert "model.safetensors" not in files
+    assert set(json.loads((ckpt / "manifest.json").read_text())) == files - {"manifest.json"}
 
-    # Resume from step 1 under the same world size: the same metrics and final weights.
-    shutil.copytree(full, resumed)
-    for p in ("checkpoints/step-00000002", "final_model", "summary.json"):
-        shutil.rmtree(resumed / p) if (resumed / p).is_dir() else (resumed / p).unlink()
-    out = torchrun(*train_args(resumed, "resume=auto"))
+    # Both ranks SIGKILLed once checkpoint 1 is in place; resume=auto gives the same metrics and weights.
+    # This run keeps AdamW's (sharded) moments in host memory between steps: values unchanged.
+    proc = subprocess.Popen(torchrun_cmd(*train_args(killed, "fsdp.offload_optimizer=true")), cwd=REPO, env=torchrun_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-00000001").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final_model").exists(), "the run finished before it could be killed"
+    out = torchrun(*train_args(killed, "resume=auto", "fsdp.offload_optimizer=true"))
     assert out.returncode == 0, out.stderr[-4000:]
-    assert metrics(resumed) == rows
+    assert "resumed from" in out.stdout + out.stderr
+    assert metrics(killed) == rows
     a = load_file(full / "final_model" / "model.safetensors")
-    b = load_file(resumed / "final_model" / "model.safetensors")
+    b = load_file(killed / "final_model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    # One process cannot take over two ranks' buffers: a clear error, no traceback.
+    # One process cannot take over two ranks' non-empty buffers: a clear error, no traceback.
     from typer.testing import CliRunner
 
     from replaygrpo.cli import app
 
-    out = CliRunner().invoke(app, ["train", *train_args(resumed, "resume=auto")[3:]])
-    assert out.exit_code == 2 and "2 process(es)" in out.output and "Traceback" not in out.output, out.output
+    out = CliRunner().invoke(app, ["train", *train_args(killed, "resume=auto")[3:]])
+    assert out.exit_code == 2 and "2 process(es)" in out.output and "replay buffer" in out.output, out.output
+    assert "Traceback" not in out.output
+
+
+def test_a_sharded_checkpoint_without_buffers_resumes_on_one_process(tmp_path):
+    run = tmp_path / "run"
+    out = torchrun(*train_args(run, "method=grpo"))
+    assert out.returncode == 0, out.stderr[-4000:]
+    from typer.testing import CliRunner
+
+    from replaygrpo.checkpoint import list_checkpoints
+    from replaygrpo.cli import app
+
+    shutil.rmtree(list_checkpoints(run)[-1])  # resume from step 1
+    args = train_args(run, "method=grpo", "resume=auto", "trainer.steps=4")[3:]
+    out = CliRunner().invoke(app, ["train", *args])
+    assert out.exit_code == 0, out.output
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
 
 
 def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
