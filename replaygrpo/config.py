@@ -404,7 +404,6 @@ def validate(cfg: Config) -> Config:
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
-<<<<<<< HEAD
     for name, n in cfg.eval.k_per_benchmark.items():
         _require(name in cfg.eval.benchmarks, "eval.k_per_benchmark", name, "a benchmark of eval.benchmarks")
         _require(n >= 1, f"eval.k_per_benchmark.{name}", n, "an integer >= 1")
@@ -412,11 +411,9 @@ def validate(cfg: Config) -> Config:
     for pk in cfg.eval.pass_k:
         _require(1 <= pk <= most, "eval.pass_k", list(cfg.eval.pass_k),
                  f"integers in [1, {most}] (the most samples any benchmark gets)")
-=======
     _require(cfg.plan.gpu_memory_gb > 0, "plan.gpu_memory_gb", cfg.plan.gpu_memory_gb, "a float > 0")
     _require(not cfg.fsdp.mixed_precision or cfg.model.dtype == "bfloat16", "fsdp.mixed_precision",
              cfg.fsdp.mixed_precision, "false with model.dtype=float32 (the policy computes in bfloat16)")
->>>>>>> i13
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     _require(cfg.resume in (None, "auto") or isinstance(cfg.resume, str), "resume", cfg.resume,
              "auto, a checkpoint path, or null")
