@@ -26,7 +26,7 @@ from replaygrpo.replay import (
     compose_batch,
     num_replay,
 )
-from replaygrpo.replay.sampling import draw as _draw, segment_ids
+from replaygrpo.replay.sampling import draw, segment_ids
 from replaygrpo.records import Rollout
 
 FLOOR = 1e-6
@@ -331,7 +331,7 @@ def test_first_pick_distribution_property(advs: list[float], alpha: float) -> No
 @given(log_w=st.lists(st.floats(-30, 30), min_size=1, max_size=80), data=st.data())
 def test_draw_returns_k_distinct_indices(log_w: list[float], data: st.DataObject) -> None:
     k = data.draw(st.integers(0, len(log_w)))
-    d = _draw(torch.tensor(log_w, dtype=torch.float64), k, torch.Generator().manual_seed(k))
+    d = draw(torch.tensor(log_w, dtype=torch.float64), k, torch.Generator().manual_seed(k))
     assert len(d) == k and len(set(d.tolist())) == k and all(0 <= i < len(log_w) for i in d.tolist())
 
 
@@ -345,8 +345,8 @@ def test_draw_ignores_masked_entries(log_w: list[float], data: st.DataObject) ->
     keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=len(log_w), max_size=len(log_w))))
     k = data.draw(st.integers(0, int(keep.sum())))
     g_full, g_skip, g_kept = (torch.Generator().manual_seed(k) for _ in range(3))
-    kept = keep.nonzero().squeeze(1)[_draw(w[keep], k, g_kept)]
-    for full in (_draw(w.masked_fill(~keep, -math.inf), k, g_full), _draw(w, k, g_skip, skip=~keep)):
+    kept = keep.nonzero().squeeze(1)[draw(w[keep], k, g_kept)]
+    for full in (draw(w.masked_fill(~keep, -math.inf), k, g_full), draw(w, k, g_skip, skip=~keep)):
         assert full.tolist() == kept.tolist()
     assert torch.equal(g_full.get_state(), g_kept.get_state())
     assert torch.equal(g_skip.get_state(), g_kept.get_state())
@@ -366,7 +366,7 @@ def test_draw_order_is_successive_sampling(k: int) -> None:
     g = torch.Generator().manual_seed(7)
     counts: dict[tuple[int, int], int] = {}
     for _ in range(N_DRAWS):
-        d = _draw(w.log(), k, g).tolist()
+        d = draw(w.log(), k, g).tolist()
         assert len(set(d)) == k
         counts[(d[0], d[1])] = counts.get((d[0], d[1]), 0) + 1
     p = (w / w.sum()).tolist()

@@ -70,11 +70,18 @@ _ARRAY_CODE = {torch.int64: "q", torch.float64: "d"}  # array.array type codes
 # must have a default); checked here so a reordered record fails loudly, not silently.
 _ROLLOUT_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "reward", "advantage", "birth_step", "prompt_id",
                    "group_id", "reuse")
-_rest = fields(Rollout)[len(_ROLLOUT_FIELDS):]
-if tuple(f.name for f in fields(Rollout)[: len(_ROLLOUT_FIELDS)]) != _ROLLOUT_FIELDS or any(
-        f.default is MISSING and f.default_factory is MISSING for f in _rest):
-    raise ImportError(f"replay/storage.py builds Rollout records positionally from {_ROLLOUT_FIELDS}; "
-                      "records.Rollout no longer starts with them: update RolloutStore.rollouts")
+
+
+def _check_rollout_fields() -> None:
+    names = [f.name for f in fields(Rollout)]
+    later = fields(Rollout)[len(_ROLLOUT_FIELDS):]
+    if tuple(names[: len(_ROLLOUT_FIELDS)]) != _ROLLOUT_FIELDS or any(
+            f.default is MISSING and f.default_factory is MISSING for f in later):
+        raise ImportError(f"replay/storage.py builds Rollout records positionally from {_ROLLOUT_FIELDS}; "
+                          f"records.Rollout has {names}: update RolloutStore.rollouts")
+
+
+_check_rollout_fields()
 
 # Integer columns `RolloutStore.rollouts` reads (with one tolist), in unpacking order.
 _INT_COLUMNS = ("chunk", "c_off", "c_len", "p_off", "p_len", "birth", "prompt_id", "group", "reuse")
