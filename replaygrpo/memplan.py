@@ -1,13 +1,15 @@
 """The per-GPU memory plan of a composed config, from the model's shape alone (no weights loaded).
 
-Three phases share one card (docs/reproduction.md, "Memory choreography"):
+Four phases share one card (docs/reproduction.md, "Memory: choreography and plan"):
 - generate: the trainer's float32 master weights and AdamW states (sharded over the ranks
-  under FSDP2; gradients are None between steps) beside the engine: vLLM's whole
-  `engine.gpu_memory_utilization` share (its bf16 weights, then KV cache in what is left),
-  or the HF engine's KV cache on the trainer's own (unsharded) weights;
+  under FSDP2; the moments in host memory with fsdp.offload_optimizer; gradients are None
+  between steps) beside the engine: vLLM's whole `engine.gpu_memory_utilization` share (its
+  bf16 weights, then KV cache in what is left), or the HF engine's KV cache on the
+  trainer's own (unsharded) weights;
 - update: the engine asleep (vLLM sleep mode frees its share), the trainer adds float32
   gradients, one micro-batch's activations at `trainer.micro_batch_tokens`, a chunk of
   full-vocabulary logits, and under FSDP2 the unsharded layers in flight;
+- step: activations freed; weights, gradients, AdamW states and foreach AdamW's temporary;
 - sync: the engine's weights woken (its KV cache still asleep) and the largest tensor the
   in-place sync gathers whole and casts; then the KV cache wakes (the generate phase again).
 
