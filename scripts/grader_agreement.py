@@ -17,7 +17,9 @@ response is graded by
 and every disagreement between the default grader and math-verify is classified by who
 matches the marker. With ``--mv-tests DIR`` (a Math-Verify checkout's ``tests/``) the
 labelled real-output cases there (``test_numina_cases.py``, ``test_open_thoughts.py``,
-``test_yujianll.py``) are also graded, read from that checkout at run time.
+``test_yujianll.py``) are also graded, read from that checkout at run time (the
+committed study used huggingface/Math-Verify at commit 5d148cf; its labels are
+math-verify's expected outputs, not a marker's).
 
     python scripts/grader_agreement.py [--out docs/grader_agreement.md] [--mv-tests DIR]
 """
@@ -220,7 +222,7 @@ def mv_section(tests: Path, workers: int) -> list[str]:
     mv = [bool(verify(parse(c["gold"], targets), parse(c["response"], targets))) for c in cases]
     as_bench = [dict(c, gold=c["gold_text"]) for c in cases]
     ours = {p: grade_project(as_bench, p, workers) for p in ("default", "qwen_math")}
-    lines = ["| grader | agrees with the label |", "|---|---:|"]
+    lines = [f"{len(cases)} cases read from `{tests}`.", "", "| grader | agrees with the label |", "|---|---:|"]
     for name, verdicts in (("math-verify 0.9 (its tests' own settings)", mv), *ours.items()):
         hits = sum(v == c["label"] for v, c in zip(verdicts, cases))
         lines.append(f"| {name} | {hits}/{len(cases)} ({hits / len(cases):.1%}) |")
@@ -256,7 +258,8 @@ def report(cases: list[dict], verdicts: dict[str, list[bool]], seconds: float, c
     for k in ("default", "qwen_math", "math-verify"):
         lines.append(f"| {k} | {acc[k]}/{len(labelled)} ({acc[k] / len(labelled):.2%}) | {len(labelled) - acc[k]} |")
     lines += ["", "## By rewrite (responses; wrong verdicts per grader)", "",
-              "| rewrite | responses | default wrong | qwen_math wrong | math-verify wrong |", "|---|---:|---:|---:|---:|"]
+              "| rewrite | responses | default wrong | qwen_math wrong | math-verify wrong |",
+              "|---|---:|---:|---:|---:|"]
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(cases):
         by_kind[c["kind"]].append(i)
