@@ -79,29 +79,30 @@ def rewrites(gold: str, unit: str | None, question: str = "", tol: float | None 
              ) -> list[tuple[str, str, bool | None]]:
     """(kind, response, marker's verdict) for one gold."""
     box = lambda a: f"Therefore the final answer is $\\boxed{{{a}}}$."  # noqa: E731
-    out: list[tuple[str, str, bool | None]] = [
-        ("verbatim", box(gold), True),
-        ("no box: answer phrase", f"The answer is ${gold}$.", True),
-        ("no box: last math", f"Putting everything together, we get ${gold}$.", True),
-    ]
+    out: list[tuple[str, str, bool | None]] = [("verbatim", box(gold), True)]
+    if "$" not in gold.replace("\\$", ""):  # a gold with a stray `$` (minerva 72) cannot sit in $..$
+        out += [("no box: answer phrase", f"The answer is ${gold}$.", True),
+                ("no box: last math", f"Putting everything together, we get ${gold}$.", True)]
     num = _num(gold)
     items = _top_items(gold)
     choice = re.fullmatch(r"\\text\{\(([A-E])\)\}|\(([A-E])\)", gold)
     if num is not None:
         value, exact = num
-        out.append(("unit after a LaTeX space", box(gold + _pick(gold, UNITS)), True))
+        if "%" not in gold:  # `8\%\,\text{cm}` is no answer anyone writes
+            out.append(("unit after a LaTeX space", box(gold + _pick(gold, UNITS)), True))
         out.append(("x = prefix", box(f"x = {gold}"), True))
         if unit and unit.strip("$") not in ("", "%"):
             out.append(("the problem's own unit", box(f"{gold}\\ \\text{{{unit.strip('$')}}}"), True))
         frac_of_one = _decimal(value / 100)  # normalize() already read `25\\%` as 25
         if (unit == "%" or gold.endswith("\\%")) and frac_of_one:
-            out.append(("percent as a fraction of 1", box(frac_of_one), True))
+            # `50\%` -> 0.5 is the same quantity; for "r %" (the unit outside the gold) 0.042 is not r
+            out.append(("percent as a fraction of 1", box(frac_of_one), True if "%" in gold else AMBIGUOUS))
             out.append(("percent sign", box(gold if gold.endswith("\\%") else gold + "\\%"), True))
         elif _ASKS_PERCENT.search(question) and frac_of_one:
             out.append(("percent sign", box(gold + "\\%"), True))
             # `0.25` for "what percent": right value, not the form asked for
             out.append(("percent question answered as a fraction of 1", box(frac_of_one), AMBIGUOUS))
-        if value.denominator == 1:
+        if value.denominator == 1 and exact:  # `4.5e33` is a measurement, not an integer
             n = value.numerator
             out.append(("integer written as a decimal", box(f"{n}.0"), True))
             if abs(n) >= 10000:
@@ -134,7 +135,8 @@ def rewrites(gold: str, unit: str | None, question: str = "", tol: float | None 
         out.append(("list reordered", box(", ".join(reversed(items))), True))
         out.append(("list as a set in braces", box("\\{" + ", ".join(items) + "\\}"), True))
         out.append(("list with 'and'", box(", ".join(items[:-1]) + ", \\text{and } " + items[-1]), True))
-        out.append(("control: list item missing", box(", ".join(items[:-1])), False))
+        if len(set(items)) == len(items):  # `-2` for `-2,-2`: missing or merely not repeated?
+            out.append(("control: list item missing", box(", ".join(items[:-1])), False))
     elif re.fullmatch(r"[(\[].*[)\]]", gold.strip()) and len(_top_items(gold.strip()[1:-1])) == 2:
         inner = _top_items(gold.strip()[1:-1])
         lo, hi = gold.strip()[0], gold.strip()[-1]

@@ -177,8 +177,9 @@ def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, ab
     eq = lambda x, y: numbers_equal(x, y, settings, abs_tol)  # noqa: E731
     if brackets:  # tuples and intervals are ordered
         return len(xs) == len(ys) and all(eq(x, y) for x, y in zip(xs, ys))
-    # A bare comma list is a set of answers (olympiadbench `69,84`), as in math-verify.
-    return all(any(eq(x, y) for y in ys) for x in xs) and all(any(eq(x, y) for x in xs) for y in ys)
+    # A bare comma list is a set of answers (olympiadbench `69,84`), as in math-verify, but
+    # with its count: `16,3,1,1` lacks an answer if one `1` is missing.
+    return len(xs) == len(ys) and all(any(eq(x, y) for y in ys) for x in xs) and all(any(eq(x, y) for x in xs) for y in ys)
 
 
 # ---------------------------------------------------------------- tier 3: numeric disproof
