@@ -265,10 +265,10 @@ def report(cases: list[dict], verdicts: dict[str, list[bool]], seconds: float, c
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(cases):
         by_kind[c["kind"]].append(i)
-    for kind, idx in sorted(by_kind.items()):
-        wrong = lambda v: "-" if cases[idx[0]]["label"] is AMBIGUOUS else str(  # noqa: E731
-            sum(v[i] != cases[i]["label"] for i in idx))
-        lines.append(f"| {kind} | {len(idx)} | {wrong(ours)} | {wrong(qm)} | {wrong(mv)} |")
+    for kind, all_idx in sorted(by_kind.items()):
+        idx = [i for i in all_idx if cases[i]["label"] is not AMBIGUOUS]
+        wrong = lambda v: str(sum(v[i] != cases[i]["label"] for i in idx)) if idx else "-"  # noqa: E731
+        lines.append(f"| {kind} | {len(all_idx)} | {wrong(ours)} | {wrong(qm)} | {wrong(mv)} |")
     diffs = [i for i in range(n) if ours[i] != mv[i]]
     classes = Counter((classify(cases[i], ours[i], mv[i]), cases[i]["kind"]) for i in diffs)
     lines += ["", f"## Every disagreement between the default grader and math-verify ({len(diffs)})", "",

@@ -141,3 +141,12 @@ def test_lists_and_separators_found_by_the_agreement_study(pred: str, gold: str,
 
 def test_phrase_answer_with_an_escaped_dollar() -> None:
     assert extract_answer(r"The answer is $\$32,\!348$.") == r"\$32,\!348"
+
+
+def test_math_thousands_with_spaces_and_symbol_sets() -> None:
+    # MATH500 number_theory/417: `11,\! 111,\! 111,\! 100` is one number, not four answers.
+    assert equivalent("11111111100", r"11,\! 111,\! 111,\! 100")
+    assert not equivalent(r"100, 111, 111, 11", r"11,\! 111,\! 111,\! 100")
+    # Minerva 269: a list of symbols in any order, or as a set in braces.
+    assert equivalent("E_{2}, E_{1}", "E_{1},E_{2}") and equivalent(r"\{E_{1}, E_{2}\}", "E_{1},E_{2}")
+    assert not equivalent("E_{1}", "E_{1},E_{2}")

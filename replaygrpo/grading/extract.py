@@ -191,6 +191,7 @@ _SQRT_DIGIT = re.compile(r"\\sqrt\s*(\d)")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
 _VAR_PREFIX = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?)\s*(?:=|\\in\b)")
 _SPACED_COMMA = re.compile(r",\s")
+_BANG_COMMA = re.compile(r"(?<=\d),\\!\s*(?=\d{3})")
 _MC_LETTER = re.compile(r"^\(([A-Ea-e])\)$")
 _NUMPY = re.compile(r"\bnp\.(?=[a-z])")
 # Whitespace goes, except after a command name or a one-character subscript before a
@@ -208,6 +209,7 @@ def normalize(answer: str) -> str:
     s = answer.strip()
     if len(s) > _MAX_NORMALIZE:
         return s  # hostile length: skip the rewrites, only exact equality can pass
+    s = _BANG_COMMA.sub(",", s)  # MATH's thousands `10,\! 080` is one number, whatever the spacing
     s = _strip_outer_text(s.replace("\\!", "").replace("{,}", ","))
     s = _SPACING.sub(lambda m: m.group(1) or " ", s)
     s = _EMPTYSET.sub(r"\\emptyset", s)
