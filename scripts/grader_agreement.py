@@ -17,7 +17,9 @@ response is graded by
 and every disagreement between the default grader and math-verify is classified by who
 matches the marker. With ``--mv-tests DIR`` (a Math-Verify checkout's ``tests/``) the
 labelled real-output cases there (``test_numina_cases.py``, ``test_open_thoughts.py``,
-``test_yujianll.py``) are also graded, read from that checkout at run time.
+``test_yujianll.py``) are also graded, read from that checkout at run time (the
+committed study used huggingface/Math-Verify at commit 5d148cf; its labels are
+math-verify's expected outputs, not a marker's).
 
     python scripts/grader_agreement.py [--out docs/grader_agreement.md] [--mv-tests DIR]
 """
@@ -77,29 +79,30 @@ def rewrites(gold: str, unit: str | None, question: str = "", tol: float | None 
              ) -> list[tuple[str, str, bool | None]]:
     """(kind, response, marker's verdict) for one gold."""
     box = lambda a: f"Therefore the final answer is $\\boxed{{{a}}}$."  # noqa: E731
-    out: list[tuple[str, str, bool | None]] = [
-        ("verbatim", box(gold), True),
-        ("no box: answer phrase", f"The answer is ${gold}$.", True),
-        ("no box: last math", f"Putting everything together, we get ${gold}$.", True),
-    ]
+    out: list[tuple[str, str, bool | None]] = [("verbatim", box(gold), True)]
+    if "$" not in gold.replace("\\$", ""):  # a gold with a stray `$` (minerva 72) cannot sit in $..$
+        out += [("no box: answer phrase", f"The answer is ${gold}$.", True),
+                ("no box: last math", f"Putting everything together, we get ${gold}$.", True)]
     num = _num(gold)
     items = _top_items(gold)
     choice = re.fullmatch(r"\\text\{\(([A-E])\)\}|\(([A-E])\)", gold)
     if num is not None:
         value, exact = num
-        out.append(("unit after a LaTeX space", box(gold + _pick(gold, UNITS)), True))
+        if "%" not in gold:  # `8\%\,\text{cm}` is no answer anyone writes
+            out.append(("unit after a LaTeX space", box(gold + _pick(gold, UNITS)), True))
         out.append(("x = prefix", box(f"x = {gold}"), True))
         if unit and unit.strip("$") not in ("", "%"):
             out.append(("the problem's own unit", box(f"{gold}\\ \\text{{{unit.strip('$')}}}"), True))
         frac_of_one = _decimal(value / 100)  # normalize() already read `25\\%` as 25
         if (unit == "%" or gold.endswith("\\%")) and frac_of_one:
-            out.append(("percent as a fraction of 1", box(frac_of_one), True))
+            # `50\%` -> 0.5 is the same quantity; for "r %" (the unit outside the gold) 0.042 is not r
+            out.append(("percent as a fraction of 1", box(frac_of_one), True if "%" in gold else AMBIGUOUS))
             out.append(("percent sign", box(gold if gold.endswith("\\%") else gold + "\\%"), True))
         elif _ASKS_PERCENT.search(question) and frac_of_one:
             out.append(("percent sign", box(gold + "\\%"), True))
             # `0.25` for "what percent": right value, not the form asked for
             out.append(("percent question answered as a fraction of 1", box(frac_of_one), AMBIGUOUS))
-        if value.denominator == 1:
+        if value.denominator == 1 and exact:  # `4.5e33` is a measurement, not an integer
             n = value.numerator
             out.append(("integer written as a decimal", box(f"{n}.0"), True))
             if abs(n) >= 10000:
@@ -132,7 +135,8 @@ def rewrites(gold: str, unit: str | None, question: str = "", tol: float | None 
         out.append(("list reordered", box(", ".join(reversed(items))), True))
         out.append(("list as a set in braces", box("\\{" + ", ".join(items) + "\\}"), True))
         out.append(("list with 'and'", box(", ".join(items[:-1]) + ", \\text{and } " + items[-1]), True))
-        out.append(("control: list item missing", box(", ".join(items[:-1])), False))
+        if len(set(items)) == len(items):  # `-2` for `-2,-2`: missing or merely not repeated?
+            out.append(("control: list item missing", box(", ".join(items[:-1])), False))
     elif re.fullmatch(r"[(\[].*[)\]]", gold.strip()) and len(_top_items(gold.strip()[1:-1])) == 2:
         inner = _top_items(gold.strip()[1:-1])
         lo, hi = gold.strip()[0], gold.strip()[-1]
@@ -220,7 +224,7 @@ def mv_section(tests: Path, workers: int) -> list[str]:
     mv = [bool(verify(parse(c["gold"], targets), parse(c["response"], targets))) for c in cases]
     as_bench = [dict(c, gold=c["gold_text"]) for c in cases]
     ours = {p: grade_project(as_bench, p, workers) for p in ("default", "qwen_math")}
-    lines = ["| grader | agrees with the label |", "|---|---:|"]
+    lines = [f"{len(cases)} cases read from `{tests}`.", "", "| grader | agrees with the label |", "|---|---:|"]
     for name, verdicts in (("math-verify 0.9 (its tests' own settings)", mv), *ours.items()):
         hits = sum(v == c["label"] for v, c in zip(verdicts, cases))
         lines.append(f"| {name} | {hits}/{len(cases)} ({hits / len(cases):.1%}) |")
@@ -248,7 +252,8 @@ def report(cases: list[dict], verdicts: dict[str, list[bool]], seconds: float, c
     lines = ["# Grader agreement study", "",
              f"Generated by `{cmd}` in {seconds:.0f} s on {os.cpu_count()} cores ({platform.machine()}, "
              f"Python {platform.python_version()}). Do not edit by hand; rerun the command.", "",
-             __doc__.split("\n\n")[1].replace("\n", " "), "",
+             __doc__.split("\n\n")[1].replace("\n", " "), "", *__doc__.split("\n\n")[2].splitlines(), "",
+             __doc__.split("\n\n")[3].replace("\n", " "), "",
              f"{n} responses from {len({(c['bench'], c['id']) for c in cases})} golds; "
              f"{len(labelled)} with a marker's verdict, {n - len(labelled)} ambiguous.", "",
              "## Agreement with the marker's verdict", "",
@@ -256,14 +261,15 @@ def report(cases: list[dict], verdicts: dict[str, list[bool]], seconds: float, c
     for k in ("default", "qwen_math", "math-verify"):
         lines.append(f"| {k} | {acc[k]}/{len(labelled)} ({acc[k] / len(labelled):.2%}) | {len(labelled) - acc[k]} |")
     lines += ["", "## By rewrite (responses; wrong verdicts per grader)", "",
-              "| rewrite | responses | default wrong | qwen_math wrong | math-verify wrong |", "|---|---:|---:|---:|---:|"]
+              "| rewrite | responses | default wrong | qwen_math wrong | math-verify wrong |",
+              "|---|---:|---:|---:|---:|"]
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(cases):
         by_kind[c["kind"]].append(i)
-    for kind, idx in sorted(by_kind.items()):
-        wrong = lambda v: "-" if cases[idx[0]]["label"] is AMBIGUOUS else str(  # noqa: E731
-            sum(v[i] != cases[i]["label"] for i in idx))
-        lines.append(f"| {kind} | {len(idx)} | {wrong(ours)} | {wrong(qm)} | {wrong(mv)} |")
+    for kind, all_idx in sorted(by_kind.items()):
+        idx = [i for i in all_idx if cases[i]["label"] is not AMBIGUOUS]
+        wrong = lambda v: str(sum(v[i] != cases[i]["label"] for i in idx)) if idx else "-"  # noqa: E731
+        lines.append(f"| {kind} | {len(all_idx)} | {wrong(ours)} | {wrong(qm)} | {wrong(mv)} |")
     diffs = [i for i in range(n) if ours[i] != mv[i]]
     classes = Counter((classify(cases[i], ours[i], mv[i]), cases[i]["kind"]) for i in diffs)
     lines += ["", f"## Every disagreement between the default grader and math-verify ({len(diffs)})", "",

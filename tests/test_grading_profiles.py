@@ -124,3 +124,29 @@ def test_boxes_joined_only_across_connectives(response: str, joined: str) -> Non
     assert extract_answer(response, join_boxes=True) == joined
     assert grade(response, "{" + joined + "}") if "," in joined else True
     assert extract_answer(response) == response.rsplit("boxed{", 1)[1].rsplit("}", 1)[0]  # the harness: last box
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "same"),
+    [
+        ("8, 221", "221,8", True),  # a list with a space after the comma, not 8221
+        ("8221", "8,221", True),  # a lone thousands-separated number
+        ("4{,}500{,}000", "4.5e6", True),
+        ("16, 3, 1", "16,3,1,1", False),  # an answer of a list is missing
+    ],
+)
+def test_lists_and_separators_found_by_the_agreement_study(pred: str, gold: str, same: bool) -> None:
+    assert equivalent(pred, gold) is same
+
+
+def test_phrase_answer_with_an_escaped_dollar() -> None:
+    assert extract_answer(r"The answer is $\$32,\!348$.") == r"\$32,\!348"
+
+
+def test_math_thousands_with_spaces_and_symbol_sets() -> None:
+    # MATH500 number_theory/417: `11,\! 111,\! 111,\! 100` is one number, not four answers.
+    assert equivalent("11111111100", r"11,\! 111,\! 111,\! 100")
+    assert not equivalent(r"100, 111, 111, 11", r"11,\! 111,\! 111,\! 100")
+    # Minerva 269: a list of symbols in any order, or as a set in braces.
+    assert equivalent("E_{2}, E_{1}", "E_{1},E_{2}") and equivalent(r"\{E_{1}, E_{2}\}", "E_{1},E_{2}")
+    assert not equivalent("E_{1}", "E_{1},E_{2}")

@@ -205,3 +205,23 @@ def test_make_plots(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["reward.png", "eval_accuracy.png", "response_length.png", "replay_age.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_table_cli_refuses_in_one_line_and_takes_aes_and_bootstrap_options(dirs: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from replaygrpo.cli import app
+
+    greedy = write_eval(tmp_path / "greedy", {"math500": [1, 0, 0, 0], "aime24": [1, 1]}, {"math500": 9, "aime24": 9},
+                        temperature=0.0)
+    runner = CliRunner()
+    mixed = runner.invoke(app, ["table", str(dirs["base"]), str(greedy), "--baseline", "base_model"])
+    assert mixed.exit_code == 2 and len(mixed.output.strip().splitlines()) == 1
+    assert mixed.output.startswith("error: refusing to compare runs evaluated differently: temperature (0.6 in "
+                                   "'base_model', 0.0 in 'greedy')")
+    ok = runner.invoke(app, ["table", str(dirs["base"]), str(greedy), "--baseline", "base_model", "--allow-mixed",
+                             "--aes-a", "2", "--aes-c", "4", "--bootstrap", "50", "--reference", "base_model"])
+    assert ok.exit_code == 0, ok.output
+    assert "MIXED eval settings" in ok.output and "alpha=2.0, beta=3.0, gamma=4.0" in ok.output
+    assert "(50 resamples)" in ok.output

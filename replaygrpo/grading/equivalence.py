@@ -156,6 +156,19 @@ def _number_list(s: str) -> tuple[str, list[tuple[Fraction, bool]]] | None:
     return brackets, values  # type: ignore[return-value]
 
 
+def _same_items(pred: str, gold: str) -> bool | None:
+    """True when both are bare lists (or `\\{...\\}` sets) of the same item strings in any
+    order, `E_{2},E_{1}` for `E_{1},E_{2}`; None (don't know) otherwise."""
+    def items(s: str) -> list[str] | None:
+        if s.startswith("\\{") and s.endswith("\\}"):
+            s = s[2:-2]
+        parts = _split_top(s)
+        return sorted(parts) if len(parts) > 1 and not _enclosed(s) else None
+
+    a, b = items(pred), items(gold)
+    return True if a is not None and a == b else None
+
+
 def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, abs_tol: float | None = None,
                     has_percent: bool = False) -> bool | None:
     """True/False when cheap checks decide; None when sympy is needed. Inputs normalised;
@@ -172,13 +185,14 @@ def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, ab
         return ba[1].lstrip("0").upper() == bb[1].lstrip("0").upper() and int(ba[2]) == int(bb[2])
     la, lb = _number_list(pred), _number_list(gold)
     if la is None or lb is None or la[0] != lb[0]:
-        return None
+        return _same_items(pred, gold)
     (brackets, xs), ys = la, lb[1]
     eq = lambda x, y: numbers_equal(x, y, settings, abs_tol)  # noqa: E731
     if brackets:  # tuples and intervals are ordered
         return len(xs) == len(ys) and all(eq(x, y) for x, y in zip(xs, ys))
-    # A bare comma list is a set of answers (olympiadbench `69,84`), as in math-verify.
-    return all(any(eq(x, y) for y in ys) for x in xs) and all(any(eq(x, y) for x in xs) for y in ys)
+    # A bare comma list is a set of answers (olympiadbench `69,84`), as in math-verify, but
+    # with its count: `16,3,1,1` lacks an answer if one `1` is missing.
+    return len(xs) == len(ys) and all(any(eq(x, y) for y in ys) for x in xs) and all(any(eq(x, y) for x in xs) for y in ys)
 
 
 # ---------------------------------------------------------------- tier 3: numeric disproof

@@ -38,7 +38,7 @@ _PHRASE = re.compile(
     r"(?:final\s+answer\s+is|the\s+answer\s+is|answer\s*:)[ \t:*]*([^\n]*)",
     re.IGNORECASE,
 )
-_INLINE_MATH = re.compile(r"^\$+([^$]+)\$+")
+_INLINE_MATH = re.compile(r"^\$+((?:\\\$|[^$])+)\$+")  # `$\$32$`: an escaped dollar inside
 _DOLLARS = re.compile(r"(?<!\\)\$+")  # `$` or `$$` delimiters, not an escaped `\$`
 _LAST_NUMBER = re.compile(r"-?\d*\.?\d+")
 _MAX_NORMALIZE = 8_000  # longer answers are left as they are: only exact equality passes
@@ -190,6 +190,8 @@ _FRAC_DIGIT_SECOND = re.compile(r"(\\frac\{[^{}]*\})\s*(\d)")
 _SQRT_DIGIT = re.compile(r"\\sqrt\s*(\d)")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
 _VAR_PREFIX = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?)\s*(?:=|\\in\b)")
+_SPACED_COMMA = re.compile(r",\s")
+_BANG_COMMA = re.compile(r"(?<=\d),\\!\s*(?=\d{3})")
 _MC_LETTER = re.compile(r"^\(([A-Ea-e])\)$")
 _NUMPY = re.compile(r"\bnp\.(?=[a-z])")
 # Whitespace goes, except after a command name or a one-character subscript before a
@@ -207,7 +209,8 @@ def normalize(answer: str) -> str:
     s = answer.strip()
     if len(s) > _MAX_NORMALIZE:
         return s  # hostile length: skip the rewrites, only exact equality can pass
-    s = _strip_outer_text(s.replace("\\!", ""))
+    s = _BANG_COMMA.sub(",", s)  # MATH's thousands `10,\! 080` is one number, whatever the spacing
+    s = _strip_outer_text(s.replace("\\!", "").replace("{,}", ","))
     s = _SPACING.sub(lambda m: m.group(1) or " ", s)
     s = _EMPTYSET.sub(r"\\emptyset", s)
     s = _PERCENT_WORD.sub(r"\\%", s)
@@ -224,10 +227,11 @@ def normalize(answer: str) -> str:
     s = _FRAC_DIGIT_SECOND.sub(r"\1{\2}", s)
     s = _SQRT_DIGIT.sub(r"\\sqrt{\1}", s)
     s = _NUMPY.sub("\\\\", s)
+    listy = _SPACED_COMMA.search(s) is not None  # `8, 221` is a list; `8,221` may be a number
     s = _WS.sub(lambda m: (m.group(1) or m.group(2)) + " " if m.group(1) or m.group(2) else "", s)
     if s.count("=") == 1 or "\\in" in s[:12]:
         s = _VAR_PREFIX.sub("", s, count=1)
-    s = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), s) if _is_one_number(s) else s
+    s = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), s) if not listy and _is_one_number(s) else s
     s = s.rstrip(".")
     m = _MC_LETTER.match(s)
     return m.group(1).upper() if m else s

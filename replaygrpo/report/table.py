@@ -290,7 +290,8 @@ def make_table(inputs: list[str | Path], baseline: str, reference: str | None = 
         s["is_ref"] = row is ref
         if ref is not None:
             s["delta"] = (0.0, 0.0, 0.0) if row is ref else paired_bootstrap(row, ref, avg_over, n_boot, seed)
-    caption = (f"Accuracy in % (avg@k), mean ± std over seeds; Avg over {', '.join(DISPLAY.get(b, b) for b in avg_over)}; "
+    caption = (f"Accuracy in % (avg@n, n samples per problem as stated above), mean ± std over seeds; "
+               f"Avg over {', '.join(DISPLAY.get(b, b) for b in avg_over)}; "
                f"tokens = mean response length; AES vs {base.name!r} (alpha={alpha}, beta={beta}, gamma={gamma}): "
                "of the averaged accuracy/length, and the mean of per-benchmark AES")
     if ref is not None:
@@ -363,7 +364,8 @@ def latex_escape(text: str) -> str:
 
 def _latex(rows: list[Row], columns: list[str], has_ref: bool, notes: list[str], above: list[str]) -> str:
     head = _header(columns, has_ref, "Δ Avg vs ref")
-    lines = [*(f"% {latex_escape(n)}" for n in [*above, *notes]), "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule",
+    lines = [*(f"% {latex_escape(n)}" for n in [*above, *notes]),
+             "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule",
              " & ".join(latex_escape(h) for h in head) + " \\\\", "\\midrule"]
     for r in rows:
         cells = [latex_escape(c) for c in _cells(r, columns, has_ref, " PLUSMINUS ")]
