@@ -45,6 +45,7 @@ from replaygrpo.replay.buffer import BaseReplayBuffer
 from replaygrpo.rollout.engine import build_engine
 from replaygrpo.records import Rollout, SamplingParams
 from replaygrpo.sampler import PromptSampler
+from replaygrpo.toyeval import toy_eval
 from replaygrpo.update import update_step
 
 log = logging.getLogger(__name__)
@@ -78,38 +79,23 @@ def build_buffer(cfg: Config) -> BaseReplayBuffer | None:
 
 
 def load_policy(cfg: Config):
-    """The model being trained and its tokenizer; the toy lab warm-starts (cached) first."""
-    path = cfg.model.name_or_path
-    if path == "toy":
-        from replaygrpo.toymodel import warm_start
+    """The model being trained, its tokenizer, and the record of a toy base (name, SHA-256) or None.
 
-        if distributed.is_main():  # once; the other ranks then find it cached
-            warm_start(cfg)
-        distributed.barrier()
-        path = str(warm_start(cfg))
+    A shipped toy base (toy-weak, toy-strong) is checked against its manifest; `toy` warm-starts (cached)."""
+    from replaygrpo.toymodel import resolve_toy
+
+    path, base = cfg.model.name_or_path, None
+    if path == "toy" and distributed.is_main():  # once; the other ranks then find it cached
+        resolve_toy(cfg)
+    distributed.barrier()
+    toy = resolve_toy(cfg)
+    if toy is not None:
+        path, base = str(toy[0]), toy[1]
     model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer,  # float32 master weights
                             cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model, tok
-
-
-@torch.no_grad()
-def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: GradingPool,
-             max_new_tokens: int) -> tuple[float, float]:
-    """Greedy accuracy and mean response tokens on the toy test split.
-
-    Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
-    dropped afterwards) and the results are gathered.
-    """
-    n = len(prompts)
-    items = list(zip(prompts, golds))
-    share = distributed.my_share([items[i % n] for i in range(n + -n % distributed.world_size())])
-    out = engine.generate([p for p, _ in share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
-    texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
-    mine = list(zip(grader.grade_many(texts, [gold for _, gold in share]), [g[0].token_ids.numel() for g in out]))
-    correct, tokens = zip(*[x for rank_results in distributed.gather(mine) for x in rank_results][:n])
-    return float(np.mean(correct)), float(np.mean(tokens))
+    return model, tok, base
 
 
 def check_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -161,7 +147,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     # --- the policy, its frozen reference (only if KL is on), the data -------------------
     problems = load_train_set(cfg)  # first: a bad data file should fail before minutes of model loading
-    model, tok = load_policy(cfg)
+    model, tok, base_model = load_policy(cfg)
     eos = end_of_text_id(model, tok)
     distributed.broadcast_weights(model)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
@@ -175,7 +161,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
 
     prompt_ids = encode(problems)
-    test_prompts, test_golds = encode(test_problems), [p.gold for p in test_problems]
+    test_prompts = encode(test_problems)
     sampler = PromptSampler(len(problems), seed=cfg.seed)
 
     # bf16 compute under autocast over float32 master weights: a bf16 AdamW step at lr 1e-6
@@ -214,8 +200,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            state["start_accuracy"], _ = toy_eval(
-                engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+            state["start_eval"] = toy_eval(engine, tok, test_prompts, test_problems, grader, t_cfg.eval_max_new_tokens)
+            state["start_accuracy"] = state["start_eval"]["eval/accuracy"]
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
@@ -253,6 +239,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             used = fresh
             if buffer is not None:
                 buffer.evict(step)
+                eligible = len(buffer)  # what the draw of R could choose from (fresh not yet added)
                 used, replayed = compose_batch(fresh, buffer, step, cfg.replay.replay_ratio,
                                                cfg.replay.anchor, replay_gen)
             batch = used + replayed
@@ -310,11 +297,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 "time/sync": t_sync - t_update,
                 **engine.metrics(),
             }
+            if buffer is not None:
+                metrics["replay/eligible"] = eligible  # rank 0's buffer under torchrun
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                state["accuracy"], eval_tokens = toy_eval(
-                    engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
-                metrics["eval/accuracy"] = state["accuracy"]
-                metrics["eval/tokens_mean"] = eval_tokens
+                metrics.update(toy_eval(engine, tok, test_prompts, test_problems, grader, t_cfg.eval_max_new_tokens))
+                state["accuracy"] = metrics["eval/accuracy"]
             metrics["loss/skipped_total"] = state["skipped_steps"]
             metrics["time/step"] = time.perf_counter() - t0
             logger.log(metrics)
@@ -341,7 +328,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     logger.close()
     summary = {"start_accuracy": state["start_accuracy"], "final_accuracy": state["accuracy"],
                "steps": t_cfg.steps, "rollouts_generated": state["rollouts_generated"],
-               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir)}
+               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir),
+               "start_eval": state.get("start_eval"), "base_model": base_model}
     if distributed.is_main():
         model.save_pretrained(final, state_dict=weights)
         tok.save_pretrained(final)

@@ -52,16 +52,16 @@ def sweeps(tmp_path: Path) -> list[Path]:
 
 
 def test_report_pairs_seeds_and_uses_the_auc(sweeps: list[Path]) -> None:
-    report = compare_report(sweeps, baseline="toy-weak/grpo", margin=0.02)
-    table = {r[0]: r for r in rows(report, "toy-weak/")}
-    assert set(table) == {"toy-weak/grpo (baseline)", "toy-weak/naive_replay", "toy-weak/replay"}
+    report = compare_report(sweeps, baseline="experiment=toy_grpo", margin=0.02)
+    table = {r[0]: r for r in rows(report, "experiment=")}
+    assert set(table) == {"experiment=toy_grpo (baseline)", "experiment=toy_naive_replay", "experiment=toy_replay"}
     expected = [curve_auc([0, 128, 256, 384], [0.2, 0.30, 0.40 + 0.01 * s, 0.50], 384) for s in range(4)]
-    assert table["toy-weak/grpo (baseline)"][2].startswith(f"{100 * sum(expected) / 4:.1f} ± ")
-    assert table["toy-weak/grpo (baseline)"][1] == "4"
+    assert table["experiment=toy_grpo (baseline)"][2].startswith(f"{100 * sum(expected) / 4:.1f} ± ")
+    assert table["experiment=toy_grpo (baseline)"][1] == "4"
     assert "L2 (%)" in report and "L6 (%)" in report
     primary = report.split("**Primary: AUC**")[1].split("**Secondary")[0]
-    replay = next(r for r in rows(primary, "toy-weak/replay"))
-    naive = next(r for r in rows(primary, "toy-weak/naive_replay"))
+    replay = next(r for r in rows(primary, "experiment=toy_replay"))
+    naive = next(r for r in rows(primary, "experiment=toy_naive_replay"))
     assert replay[1] == "4" and replay[-1] == "better"
     assert naive[-1].startswith("equivalent (±0.02)")
     assert "Holm over 2 arms" in primary and "TOST margin ±2 points" in primary
@@ -86,7 +86,7 @@ def test_budget_is_the_smallest_any_run_reached(tmp_path: Path) -> None:
 def test_cli_compare_writes_the_report(sweeps: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     res = CliRunner().invoke(app, ["compare", *map(str, sweeps), "--baseline", "replay", "--out", str(out)])
-    assert res.exit_code == 2 and "matches 2 arms" in res.output and "toy-weak/naive_replay" in res.output
-    res = CliRunner().invoke(app, ["compare", *map(str, sweeps), "--baseline", "toy-weak/grpo", "--out", str(out)])
+    assert res.exit_code == 2 and "matches 2 arms" in res.output and "experiment=toy_naive_replay" in res.output
+    res = CliRunner().invoke(app, ["compare", *map(str, sweeps), "--baseline", "experiment=toy_grpo", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.read_text().startswith("# Toy experiment report")

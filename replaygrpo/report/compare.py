@@ -1,7 +1,7 @@
 """`replaygrpo compare`: the toy experiment's report from Hydra multirun sweep dirs.
 
-Arms are the runs' configs up to the seed (replaygrpo.report.group_runs, as in the tables);
-each arm is compared with a named baseline arm over the seeds both have (paired). The
+Arms are the runs' configs up to the seed (replaygrpo.report.group_runs, as in the tables),
+named by their command-line overrides (e.g. `experiment=toy_grpo`); each arm is compared with a named baseline arm over the seeds both have (paired). The
 pre-declared primary metric is the area under the accuracy-vs-budget curve, starting at
 the base model's accuracy at budget 0 and cut at the smallest budget every run reached
 (`curve_auc`): the accuracy averaged over the budget, which sees learning speed that a
@@ -73,7 +73,19 @@ class Arm:
     curves: dict[int, Curve]
 
 
+def _label(members: list[RunRecord], common: set[tuple[str, str | None]], fallback: str) -> str:
+    """An arm's command-line overrides (seed and what every run shares left out), e.g. `experiment=toy_grpo`;
+    the config-derived group name when its runs disagree on them or have none."""
+    own = [{(k, v) for k, v in r.overrides.items() if k != "seed" and not k.startswith("hydra")} - common
+           for r in members]
+    if own[0] and all(o == own[0] for o in own):
+        return ",".join(f"{k}={v}" for k, v in sorted(own[0], key=str))
+    return fallback
+
+
 def _arms(runs: Sequence[RunRecord], axis: str) -> list[Arm]:
+    everyone = [set(r.overrides.items()) for r in runs]
+    common = set.intersection(*everyone) if everyone else set()
     arms = []
     for name, members in group_runs([(r, r.config, r.name) for r in runs]):
         by_seed: dict[int, RunRecord] = {}
@@ -83,7 +95,8 @@ def _arms(runs: Sequence[RunRecord], axis: str) -> list[Arm]:
                 raise CompareError(f"arm {name!r} has seed {seed} twice ({by_seed[seed].path} and {r.path}); "
                                    "pass each sweep dir once, or give repeated runs different seeds.")
             by_seed[seed] = r
-        arms.append(Arm(name, dict(sorted(by_seed.items())), {s: run_curve(r, axis) for s, r in by_seed.items()}))
+        arms.append(Arm(_label(members, common, name), dict(sorted(by_seed.items())),
+                        {s: run_curve(r, axis) for s, r in by_seed.items()}))
     return arms
 
 
