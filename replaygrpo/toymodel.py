@@ -67,7 +67,7 @@ class Recipe:
 
 
 BASES: dict[str, Recipe] = {
-    "toy-weak": Recipe(steps=500),
+    "toy-weak": Recipe(steps=350),
     "toy-strong": Recipe(steps=500),
 }
 """The shipped base models. Changing a recipe means rebuilding it and committing the new files."""
