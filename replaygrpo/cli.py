@@ -27,6 +27,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the composed config.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+toy_base_app = typer.Typer(help="The toy lab's shipped base models: build, verify.", no_args_is_help=True)
+app.add_typer(toy_base_app, name="toy-base")
 register_configs()
 log = logging.getLogger("replaygrpo")
 
@@ -44,9 +46,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from replaygrpo.checkpoint import CheckpointError
     from replaygrpo.rundir import RunDirError
     from replaygrpo.train import Interrupted, TrainingDiverged
+    from replaygrpo.toymodel import ToyBaseError
 
     errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError, CheckpointError,
-                                         Interrupted, TrainingDiverged]
+                                         Interrupted, TrainingDiverged, ToyBaseError]
     try:
         from replaygrpo.evaluate import EvalError
 
@@ -275,6 +278,60 @@ def plot(
         fail(str(err))
     for p in paths:
         typer.echo(str(p))
+
+
+@app.command()
+def compare(
+    sweeps: Annotated[list[Path], typer.Argument(help="Hydra multirun sweep dirs (their finished runs are the arms' seeds).")],
+    baseline: Annotated[str, typer.Option(help="The arm every other arm is compared with (its name, or a unique part).")],
+    x: Annotated[str, typer.Option("--x", help="Budget axis: rollouts, tokens_generated, tokens_forwarded or time.")] = "rollouts",
+    margin: Annotated[float, typer.Option(help="Equivalence margin for TOST, as a fraction (0.02 = 2 points).")] = 0.02,
+    alpha: Annotated[float, typer.Option(help="Test level.")] = 0.05,
+    out: Annotated[Optional[Path], typer.Option(help="Write the markdown report here (else print it).")] = None,
+) -> None:
+    """Paired-seed report of a toy experiment: AUC of accuracy vs budget (primary), final accuracy,
+    per-level accuracy, Holm-corrected paired tests and TOST equivalence against --baseline."""
+    from replaygrpo.report.compare import compare_report
+
+    try:
+        report = compare_report(list(sweeps), baseline, axis=x, margin=margin, alpha=alpha)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    if out is None:
+        typer.echo(report)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        typer.echo(str(out))
+
+
+@toy_base_app.command("build")
+def toy_base_build(names: Annotated[Optional[list[str]], typer.Argument(
+        help="Bases to (re)build (default: all of replaygrpo.toymodel.BASES).")] = None) -> None:
+    """Train shipped toy bases from their recipes into replaygrpo/toybase/NAME and record their SHA-256s.
+
+    Changes the lab's base models: commit the new files and manifest together."""
+    from replaygrpo.toymodel import BASES, ToyBaseError, build_bases
+
+    try:
+        entries = build_bases(names or list(BASES))
+    except ToyBaseError as err:
+        fail(str(err))
+    for name, entry in entries.items():
+        typer.echo(f"{name}: sha256 {entry['sha256']}")
+
+
+@toy_base_app.command("verify")
+def toy_base_verify(names: Annotated[Optional[list[str]], typer.Argument(help="Bases to check (default: all).")] = None) -> None:
+    """Check shipped toy bases against the SHA-256s in replaygrpo/toybase/manifest.json."""
+    from replaygrpo.toymodel import ToyBaseError, read_manifest, verify_base
+
+    for name in names or sorted(read_manifest()):
+        try:
+            _, digest = verify_base(name)
+        except ToyBaseError as err:
+            fail(str(err))
+        typer.echo(f"{name}: ok, sha256 {digest}")
 
 
 @config_app.command("show", context_settings=HYDRA_ARGS)

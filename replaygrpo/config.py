@@ -28,8 +28,10 @@ __all__ = ["Config", "ConfigError", "register_configs", "to_config", "validate"]
 class ModelConfig:
     name: str = "toy"
     """Short name used in run names and tables."""
-    name_or_path: str = "toy"
-    """Hub id (Qwen/Qwen3-4B-Base), a local model dir, or "toy" for the locally built tiny Qwen3."""
+    name_or_path: str = "toy-strong"
+    """Hub id (Qwen/Qwen3-4B-Base), a local model dir, a shipped toy base (toy-weak, toy-strong:
+    replaygrpo/toybase, checksummed), or "toy" (a warm start from the model.warmstart_* keys, trained
+    here and cached: specific to the machine)."""
     tokenizer: str | None = None
     """Tokenizer path or hub id; None = the model's own (the toy builds its own)."""
     dtype: str = "float32"
@@ -67,12 +69,12 @@ class DataConfig:
     """Local JSONL in the layout of shared/data/train/*; None = load from the hub."""
     template: str = "toy"
     """Prompt template name (see replaygrpo.data.prompts): toy, qwen_math, qwen_boxed."""
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
-    """Toy only: difficulty levels mixed in the train and test sets (1 = easiest, 5 = hardest)."""
+    levels: list[int] = field(default_factory=lambda: [2, 3, 6])
+    """Toy only: difficulty levels mixed in the train and test sets (replaygrpo.data.toy.LEVELS; 6 = written steps)."""
     num_train: int = 20000
     """Toy only: size of the train split."""
-    num_test: int = 512
-    """Toy only: size of the held-out test split (disjoint from train)."""
+    num_test: int = 2400
+    """Toy only: distinct held-out problems in the eval set (disjoint from train)."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this are dropped at load time (with a count in the log)."""
 
@@ -85,7 +87,7 @@ class EngineConfig:
     """Sampling temperature for training rollouts; the trainer's log-probs use the same scaling."""
     top_p: float = 1.0
     """Nucleus sampling for training rollouts (1.0 keeps the log-probs exact)."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = 48
     """Longest completion; longer ones are cut with finish_reason=length."""
     batch_size: int = 256
     """Sequences per generate call (HF engine)."""
@@ -131,9 +133,9 @@ class TrainerConfig:
     exactly zero; they still count in the loss normaliser, so the step is unchanged."""
     eval_every: int = 20
     """Toy test accuracy every N steps (and at the start and end); 0 = only start and end."""
-    eval_size: int = 512
-    """Problems of the toy test split used at each eval."""
-    eval_max_new_tokens: int = 16
+    eval_size: int = 2400
+    """Problems of the toy eval set used at each eval (distinct; ~1 point binomial error at 2,400)."""
+    eval_max_new_tokens: int = 48
     """Generation length at the in-training eval."""
     max_bad_steps: int = 5
     """Abort (with a checkpoint of the last good state) after this many non-finite steps in a row."""

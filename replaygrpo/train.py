@@ -46,6 +46,7 @@ from replaygrpo.rollout.step import make_rollouts
 from replaygrpo.offload import free_gradients_after_step, offload_optimizer
 from replaygrpo.rundir import claim_run_dir, release_run_dir
 from replaygrpo.sampler import PromptSampler
+from replaygrpo.toyeval import toy_eval
 from replaygrpo.update import UpdateOptions, update_step
 from replaygrpo.variants import resolve as resolve_variants
 
@@ -67,38 +68,23 @@ def seed_everything(seed: int) -> None:
 
 
 def load_policy(cfg: Config):
-    """The model being trained and its tokenizer; the toy lab warm-starts (cached) first."""
-    path = cfg.model.name_or_path
-    if path == "toy":
-        from replaygrpo.toymodel import warm_start
+    """The model being trained, its tokenizer, and the record of a toy base (name, SHA-256) or None.
 
-        if distributed.is_main():  # once; the other ranks then find it cached
-            warm_start(cfg)
-        distributed.barrier()
-        path = str(warm_start(cfg))
+    A shipped toy base (toy-weak, toy-strong) is checked against its manifest; `toy` warm-starts (cached)."""
+    from replaygrpo.toymodel import resolve_toy
+
+    path, base = cfg.model.name_or_path, None
+    if path == "toy" and distributed.is_main():  # once; the other ranks then find it cached
+        resolve_toy(cfg)
+    distributed.barrier()
+    toy = resolve_toy(cfg)
+    if toy is not None:
+        path, base = str(toy[0]), toy[1]
     model, tok = load_model(path, "float32", cfg.device, cfg.model.tokenizer,  # float32 master weights
                             cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model, tok
-
-
-@torch.no_grad()
-def toy_eval(engine, tok, prompts: list[list[int]], golds: list[str], grader: GradingPool,
-             max_new_tokens: int) -> tuple[float, float]:
-    """Greedy accuracy and mean response tokens on the toy test split.
-
-    Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
-    dropped afterwards) and the results are gathered.
-    """
-    n = len(prompts)
-    items = list(zip(prompts, golds))
-    share = distributed.my_share([items[i % n] for i in range(n + -n % distributed.world_size())])
-    out = engine.generate([p for p, _ in share], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
-    texts = tok.batch_decode([g[0].token_ids.tolist() for g in out], skip_special_tokens=True)
-    mine = list(zip(grader.grade_many(texts, [gold for _, gold in share]), [g[0].token_ids.numel() for g in out]))
-    correct, tokens = zip(*[x for rank_results in distributed.gather(mine) for x in rank_results][:n])
-    return float(np.mean(correct)), float(np.mean(tokens))
+    return model, tok, base
 
 
 class _StopFlag:
@@ -138,7 +124,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     # --- the policy, its frozen reference (only if KL is on), the data -------------------
     problems = load_train_set(cfg)  # first: a bad data file should fail before minutes of model loading
-    model, tok = load_policy(cfg)
+    model, tok, base_model = load_policy(cfg)
     eos = end_of_text_id(model, tok)
     distributed.broadcast_weights(model)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if l_cfg.kl_coef > 0 else None
@@ -152,7 +138,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
 
     prompt_ids = encode(problems)
-    test_prompts, test_golds = encode(test_problems), [p.gold for p in test_problems]
+    test_prompts = encode(test_problems)
     sampler = PromptSampler(len(problems), seed=cfg.seed)
 
     # bf16 compute under autocast over float32 master weights: a bf16 AdamW step at lr 1e-6
@@ -190,14 +176,15 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                buffer=replay.buffer, state=state, replay_gen=replay_gen, config=cfg_dict,
                                keep=cfg.checkpoint.keep)
 
-    def evaluate() -> tuple[float, float]:
-        return toy_eval(engine, tok, test_prompts, test_golds, grader, t_cfg.eval_max_new_tokens)
+    def evaluate() -> dict[str, float]:
+        return toy_eval(engine, tok, test_prompts, test_problems, grader, t_cfg.eval_max_new_tokens)
 
     model.train()
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
         task = progress.add_task("train", total=t_cfg.steps, completed=state["step"])
         if test_problems and state["start_accuracy"] is None:
-            state["start_accuracy"], _ = evaluate()
+            state["start_eval"] = evaluate()
+            state["start_accuracy"] = state["start_eval"]["eval/accuracy"]
             log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
@@ -216,6 +203,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
             # 5-7. Evict what is older than tau_max, then compose: all fresh + R replayed.
             replay.evict(step)
+            eligible = len(replay)  # what the draw of R could choose from (fresh not yet added)
             used, replayed = replay.compose(made.rollouts, step, replay_gen)
             batch = UpdateBatch(used + replayed, num_fresh=len(used))
 
@@ -243,13 +231,14 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                             step + 1, state["bad_steps"])
             evaluation: dict[str, float] = {}
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
-                state["accuracy"], eval_tokens = evaluate()
-                evaluation = {"eval/accuracy": state["accuracy"], "eval/tokens_mean": eval_tokens}
+                evaluation = evaluate()
+                state["accuracy"] = evaluation["eval/accuracy"]
             times = {"generate": made.generate_s, "grade": made.grade_s, "update": t_update - t_update0,
                      "sync": t_sync - t_update, "step": time.perf_counter() - t0}
             metrics = step_metrics(step, batch_metrics, result, rollouts_generated=state["rollouts_generated"],
                                    skipped_total=state["skipped_steps"], lr=scheduler.get_last_lr()[0], times=times,
                                    engine=engine.metrics(), evaluation=evaluation)
+            metrics["replay/eligible"] = eligible  # rank 0's buffer under torchrun
             logger.log(metrics)
             state["step"] = step + 1
             acc = state["accuracy"]
@@ -273,7 +262,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     logger.close()
     summary = {"start_accuracy": state["start_accuracy"], "final_accuracy": state["accuracy"],
                "steps": t_cfg.steps, "rollouts_generated": state["rollouts_generated"],
-               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir)}
+               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir),
+               "start_eval": state.get("start_eval"), "base_model": base_model}
     if distributed.is_main():
         model.save_pretrained(final, state_dict=weights)
         tok.save_pretrained(final)

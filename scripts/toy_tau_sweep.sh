@@ -11,10 +11,10 @@
 # SWEEP_DIR (default multirun/toy_tau_sweep), OUT (default docs/results), WINDOW (evals
 # averaged per run, default 3), DRY_RUN=1 (same as --dry-run).
 #
-# Time: Hydra's basic launcher runs the jobs one after another, in this process. On 2 idle
-# CPU cores the 18 runs of 60 steps (evals every 10) took 4 min 38 s on 2026-11-26 with
-# trainer.lr=3e-4 (12 minutes before the speed work), plus ~90 s for the cached warm start in
-# a fresh clone.
+# Time: Hydra's basic launcher runs the jobs one after another, in this process. (On the
+# old task, before the shipped bases and 2,400-problem evals, the 18 runs took 4 min 38 s on
+# 2 idle cores; the current task's responses and evals are longer. For paired, powered
+# comparisons of methods use scripts/toy_experiment.sh.)
 # Run dirs are never overwritten: rerunning into the same SWEEP_DIR stops at the first job
 # that already holds a run. Remove the dir to start over.
 set -euo pipefail
@@ -57,8 +57,8 @@ minutes=$(( ($(date +%s) - start + 59) / 60 ))
   echo '```'
   echo
   echo "Each row: the runs with that age bound (null = no bound), mean ± std over seeds. The headline"
-  echo "is the mean toy test accuracy over each run's last ${WINDOW:-3} evals: one eval of 512 problems has"
-  echo "a binomial standard error of ~2 points, and averaging a window damps it."
+  echo "is the mean toy test accuracy over each run's last ${WINDOW:-3} evals: one eval of 2,400 distinct problems"
+  echo "has a binomial standard error of ~1 point, and averaging a window damps it."
   echo
   echo "$table"
   echo

@@ -17,7 +17,7 @@ def composed(*overrides: str) -> Config:
 
 def test_default_is_the_toy_lab_with_grpo():
     cfg = composed()
-    assert cfg.model.name_or_path == "toy" and cfg.data.name == "toy"
+    assert cfg.model.name_or_path == "toy-strong" and cfg.data.name == "toy"  # a shipped, checksummed base
     assert cfg.method.name == "grpo" and cfg.engine.name == "hf"
 
 

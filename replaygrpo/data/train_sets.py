@@ -11,7 +11,7 @@ from pathlib import Path
 
 from replaygrpo.config import Config
 from replaygrpo.data.problem import Problem
-from replaygrpo.data.toy import make_split
+from replaygrpo.data.toy import eval_set, make_split
 from replaygrpo.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -71,4 +71,5 @@ def _load_hub(name: str) -> list[Problem]:
 
 
 def toy_test_set(cfg: Config) -> list[Problem]:
-    return make_split(list(cfg.data.levels), min(cfg.data.num_test, cfg.trainer.eval_size), seed=0, test=True)
+    """The toy eval set: min(data.num_test, trainer.eval_size) distinct held-out problems, grouped by level."""
+    return eval_set(list(cfg.data.levels), min(cfg.data.num_test, cfg.trainer.eval_size))

@@ -7,10 +7,11 @@ of the `by` keys and averaged over everything else (normally the seed), unlike
 replaygrpo.report.table, which groups by the whole config.
 
 The headline metric of a run is the mean toy test accuracy (`eval/accuracy`) over its last
-`window` evals (default 3). One greedy eval on 512 problems has a binomial standard error
-of about 0.02 (sqrt(p(1-p)/512) at p ~ 0.6), and accuracy also jumps between neighbouring
-checkpoints; averaging a window of evals damps both at the cost of mixing in slightly
-earlier checkpoints, so differences between sweep values are not one eval's noise.
+`window` evals (default 3). One greedy eval on the default 2,400 distinct problems has a
+binomial standard error of about 0.01 (sqrt(p(1-p)/2400) at p ~ 0.5), and accuracy also
+jumps between neighbouring checkpoints; averaging a window of evals damps both at the cost
+of mixing in slightly earlier checkpoints. For paired tests over seeds and the area under
+the accuracy curve, see `replaygrpo compare` (replaygrpo.report.compare).
 
 Jobs are never dropped silently: a job is "finished" (summary.json written), "failed" (no
 summary, and a `.failed` marker or a Python traceback in its `*.log`) or "unfinished"
