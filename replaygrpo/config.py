@@ -304,7 +304,7 @@ RESUMABLE_KEYS = ("trainer.steps", "checkpoint.", "resume", "logger.", "overwrit
                   "fsdp.offload_optimizer")
 """Keys that may change between a run and its resumption (the last five change a step's cost or the
 memory plan, not its values)."""
-BOOKKEEPING_KEYS = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.",
+BOOKKEEPING_KEYS = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.", "plan.",
                     "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
 """Keys that do not make a different method: runs differing only in these are seeds of one row (report)."""
 
