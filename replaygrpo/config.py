@@ -76,7 +76,8 @@ class DataConfig:
     num_test: int = 2400
     """Toy only: distinct held-out problems in the eval set (disjoint from train)."""
     max_prompt_tokens: int = 1024
-    """Prompts longer than this are dropped at load time (with a count in the log)."""
+    """Training prompts whose rendered template is longer than this many tokens are dropped at load time
+    (counted in the log and in summary.json); benchmark prompts are never dropped."""
 
 
 @dataclass
@@ -158,7 +159,8 @@ class LossConfig:
     old_logprobs: str = "trainer"
     """Where pi_old comes from: trainer (the update's own forward) or engine (sampled-token log-probs)."""
     tis_cap: float | None = None
-    """Truncated importance sampling cap for engine/trainer mismatch (None = off)."""
+    """Truncated importance sampling cap for engine/trainer mismatch (None = off; needs old_logprobs=trainer):
+    each token's surrogate, fresh or replayed, is weighted by min(exp(pi_old - engine log-prob), tis_cap)."""
 
 
 @dataclass
@@ -358,7 +360,8 @@ def validate(cfg: Config) -> Config:
         _require(value in allowed, key, value, "one of " + ", ".join(allowed))
     t, lo = cfg.trainer, cfg.loss
     for key in ("trainer.steps", "trainer.prompts_per_step", "trainer.micro_batch_tokens",
-                "trainer.eval_size", "trainer.max_bad_steps", "engine.max_new_tokens", "engine.batch_size", "eval.k",
+                "trainer.eval_size", "trainer.max_bad_steps", "data.max_prompt_tokens",
+                "engine.max_new_tokens", "engine.batch_size", "eval.k",
                 "eval.max_new_tokens", "eval.batch_size", "model.warmstart_batch_size"):
         _require(_get(cfg, key) >= 1, key, _get(cfg, key), "an integer >= 1")
     for key in ("trainer.eval_every", "trainer.warmup_steps", "checkpoint.every",
@@ -387,6 +390,11 @@ def validate(cfg: Config) -> Config:
     _require(lo.clip_high >= 0, "loss.clip_high", lo.clip_high, "a float >= 0")
     _require(lo.kl_coef >= 0, "loss.kl_coef", lo.kl_coef, "a float >= 0")
     _require(lo.tis_cap is None or lo.tis_cap >= 1, "loss.tis_cap", lo.tis_cap, "null or a float >= 1")
+    # With engine pi_old the behaviour log-probs are pi_old itself: the weight would be 1 always.
+    _require(lo.tis_cap is None or lo.old_logprobs == "trainer", "loss.tis_cap", lo.tis_cap,
+             "null with loss.old_logprobs=engine (pi_old is then the engine's own log-probs, so the TIS "
+             "weight exp(pi_old - behaviour) is always 1); set loss.old_logprobs=trainer to correct "
+             "engine/trainer mismatch")
     r = cfg.replay
     _require(r.tau_max is None or r.tau_max >= 0, "replay.tau_max", r.tau_max, "null or an integer >= 0")
     _require(r.replay_ratio >= 0, "replay.replay_ratio", r.replay_ratio, "a float >= 0")

@@ -104,11 +104,17 @@ def _naive_replay(r: ReplayConfig) -> Replay:
     return BufferReplay(NaiveReplayBuffer(capacity=r.capacity), r.replay_ratio, r.anchor, age_bound=None)
 
 
-def with_pi_old(fresh: list[Rollout], trained: list[Rollout], pi_old: list[torch.Tensor]) -> list[Rollout]:
+def with_pi_old(fresh: list[Rollout], trained: list[Rollout], pi_old: list[torch.Tensor],
+                keep_behaviour: bool = False) -> list[Rollout]:
     """`fresh` with each trained one's old log-probs replaced by `pi_old` (same order as `trained`).
 
     New records: the rollouts the update saw are left as they were. A fresh rollout that
     was not trained on (displaced with replay.anchor=false) keeps the engine's log-probs.
+    `keep_behaviour` keeps each rollout's engine log-probs (`behaviour_logprobs`) for the
+    buffer to replay with truncated importance sampling; otherwise they are dropped, so a
+    buffer stores them only when the loss uses them.
     """
     new = {id(r): lp for r, lp in zip(trained, pi_old)}
-    return [replace(r, old_logprobs=new[id(r)]) if id(r) in new else r for r in fresh]
+    behaviour = {} if keep_behaviour else {"behaviour_logprobs": None}
+    return [replace(r, old_logprobs=new.get(id(r), r.old_logprobs), **behaviour) if id(r) in new or behaviour else r
+            for r in fresh]

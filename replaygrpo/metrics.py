@@ -63,6 +63,7 @@ def local_numbers(made: StepRollouts, batch: UpdateBatch, result: UpdateResult, 
         "lengths": torch.tensor([c.token_ids.numel() for c in made.completions], dtype=torch.float32),
         "truncated": torch.tensor([c.finish_reason == "length" for c in made.completions], dtype=torch.float64),
         "rows": torch.stack([result.row_clip_count, result.row_ratio_sum, result.row_tokens]),
+        "gap": result.row_gap, "tis": result.row_tis,
         "n_fresh": batch.num_fresh, "buffer": buffered, "loss": result.loss, "kl": result.kl,
         "trained": sum(r.completion_ids.numel() for r in batch.rollouts), "skipped": result.skipped,
         "rows_skipped": result.rows_skipped, "stop": stop}
@@ -110,8 +111,46 @@ def global_metrics(local: dict[str, Any], age_bound: int | None) -> tuple[dict[s
         "tokens/trained": sum(r["trained"] for r in ranks),
         "tokens/forwarded": int(forwarded),
     }
+    ages = g["ages"]
+    metrics.update(_gap_metrics(torch.cat([r["gap"] for r in ranks], dim=1), ages, n_age))
+    if ranks[0]["tis"] is not None:
+        metrics.update(_tis_metrics(torch.cat([r["tis"] for r in ranks], dim=1), rows[2], ages, n_age))
     signum = next((r["stop"] for r in ranks if r["stop"] is not None), None)
     return metrics, len(g["rewards"]), skipped, signum
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
+    """num / den elementwise, None where den is 0 (nothing measured)."""
+    return [float(n / d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
+
+
+def _sum_max_by_age(values: torch.Tensor, maxima: torch.Tensor, ages: torch.Tensor,
+                    n_age: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, rows) sums and (rows,) non-negative maxima -> per-age sums (k, n_age) and maxima (n_age,)."""
+    sums = torch.zeros(values.shape[0], n_age).index_add_(1, ages, values)
+    return sums, torch.zeros(n_age).scatter_reduce_(0, ages, maxima, "amax")
+
+
+def _gap_metrics(gap: torch.Tensor, ages: torch.Tensor, n_age: int) -> dict[str, Any]:
+    """gap/*: the engine-vs-trainer log-prob gap (docs/metrics.md); the unsuffixed ones are of
+    fresh rollouts (age 0: numerical mismatch only), the lists by age (None: not measured)."""
+    (abs_sum, k3_sum, tokens), abs_max = _sum_max_by_age(gap[[0, 2, 3]], gap[1], ages, n_age)
+    mean_abs, kl = _ratio(abs_sum, tokens), _ratio(k3_sum, tokens)
+    max_abs = [m if t > 0 else None for m, t in zip(abs_max.tolist(), tokens.tolist())]
+    return {"gap/mean_abs": mean_abs[0], "gap/max_abs": max_abs[0], "gap/kl": kl[0],
+            "gap/mean_abs_by_age": mean_abs, "gap/max_abs_by_age": max_abs, "gap/kl_by_age": kl}
+
+
+def _tis_metrics(tis: torch.Tensor, tokens: torch.Tensor, ages: torch.Tensor, n_age: int) -> dict[str, Any]:
+    """tis/*: the truncated importance-sampling weights of the forwarded tokens, all and by age."""
+    (w_sum, truncated, n), w_max = _sum_max_by_age(torch.stack([tis[0], tis[2], tokens]), tis[1], ages, n_age)
+    total = float(n.sum())
+    return {"tis/weight_mean": float(w_sum.sum()) / total if total else None,
+            "tis/weight_max": float(w_max.max()) if total else None,
+            "tis/truncated_frac": float(truncated.sum()) / total if total else None,
+            "tis/weight_mean_by_age": _ratio(w_sum, n),
+            "tis/weight_max_by_age": [m if t > 0 else None for m, t in zip(w_max.tolist(), n.tolist())],
+            "tis/truncated_frac_by_age": _ratio(truncated, n)}
 
 
 def step_metrics(step: int, batch: dict[str, Any], result: UpdateResult, *, rollouts_generated: int,

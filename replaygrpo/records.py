@@ -43,6 +43,9 @@ class Rollout:
     prompt_id: int  # index of the problem in the training set
     group_id: int  # unique id of the G completions drawn for one prompt at one step
     reuse: int = 0  # times it has been trained on as a replayed rollout
+    behaviour_logprobs: torch.Tensor | None = None
+    # (C,) float32, the engine's log-probs of the sampled tokens, kept beside a trainer pi_old
+    # for truncated importance sampling (loss.tis_cap); None when not kept (TIS off: free)
 
     @property
     def num_tokens(self) -> int:

@@ -35,7 +35,7 @@ from replaygrpo import distributed, memplan
 from replaygrpo.checkpoint import resume, save_checkpoint
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
-from replaygrpo.data.train_sets import load_train_set, toy_test_set
+from replaygrpo.data.train_sets import drop_long_prompts, load_train_set, toy_test_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.methods import with_pi_old
 from replaygrpo.metrics import MetricsLogger, global_metrics, local_numbers, progress_bar, step_metrics
@@ -137,7 +137,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     def encode(ps: list) -> list[list[int]]:
         return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
 
-    prompt_ids = encode(problems)
+    # Training prompts over data.max_prompt_tokens are dropped (the memory plan budgets for
+    # no longer); the toy test prompts are short and scored as a whole, never dropped.
+    problems, prompt_ids, prompts_dropped = drop_long_prompts(problems, encode(problems), cfg.data.max_prompt_tokens)
     test_prompts = encode(test_problems)
     sampler = PromptSampler(len(problems), seed=cfg.seed)
 
@@ -218,7 +220,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
             # The buffer stores each fresh rollout with the pi_old it was trained with (the
             # trainer's, or the engine's, by config); one displaced by anchor=false keeps the engine's.
-            replay.store(with_pi_old(made.rollouts, used, result.fresh_logprobs))
+            # With TIS on, the engine's log-probs are kept beside the trainer's, so a replayed
+            # rollout is weighted as a fresh one is.
+            replay.store(with_pi_old(made.rollouts, used, result.fresh_logprobs, keep_behaviour=bool(l_cfg.tis_cap)))
 
             # Metrics are of the global batch (one gather over the ranks; in one process a list of one).
             batch_metrics, n_generated, skipped, signum = global_metrics(
@@ -262,7 +266,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     logger.close()
     summary = {"start_accuracy": state["start_accuracy"], "final_accuracy": state["accuracy"],
                "steps": t_cfg.steps, "rollouts_generated": state["rollouts_generated"],
-               "skipped_steps": state["skipped_steps"], "run_dir": str(run_dir),
+               "skipped_steps": state["skipped_steps"], "prompts_dropped": prompts_dropped,
+               "run_dir": str(run_dir),
                "start_eval": state.get("start_eval"), "base_model": base_model}
     if distributed.is_main():
         model.save_pretrained(final, state_dict=weights)

@@ -5,6 +5,10 @@ single step, with each micro-batch's loss weighted so the sum equals the loss of
 whole batch under the chosen aggregation. With `old_logprobs=trainer`, a fresh rollout's
 pi_old is its log-prob in this very forward pass (the weights that generated it), so no
 extra forward is spent; those values are returned for the replay buffer to store.
+
+Every row whose engine log-probs are known (a fresh row, a row with `behaviour_logprobs`,
+any row with `old_logprobs=engine`) has its engine-vs-trainer gap measured against this
+forward, and with `tis_cap` its surrogate weighted by min(exp(pi_old - engine), cap).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from torch.distributed.tensor import DTensor
 from replaygrpo import distributed
 from replaygrpo.forward import CompletionBatch, choose_layout, completion_logprobs, right_pad
 from replaygrpo.config import Config
-from replaygrpo.grpo import get_agg, policy_loss
+from replaygrpo.grpo import get_agg, logprob_gap, policy_loss
 from replaygrpo.records import Rollout, UpdateBatch
 
 
@@ -36,7 +40,7 @@ class UpdateOptions:
     old_logprobs: str = "trainer"
     """trainer: a fresh rollout's pi_old is this forward (detached); engine: its stored log-probs."""
     tis_cap: float | None = None
-    """Truncated importance sampling against each rollout's stored log-probs (None = off)."""
+    """Truncated importance sampling: w = min(exp(pi_old - engine log-probs), tis_cap) (None = off)."""
     kl_coef: float = 0.0
     token_budget: int = 16384
     """Padded tokens per micro-batch."""
@@ -67,8 +71,23 @@ class UpdateResult:
     row_clip_count: Tensor  # (N,) clipped tokens of each rollout (0 for rows left out of the forward)
     row_ratio_sum: Tensor  # (N,) sum of its tokens' importance ratios
     row_tokens: Tensor  # (N,) its tokens forwarded (0 for rows left out)
+    row_gap: Tensor  # (4, N) engine-vs-trainer gap: sum |d|, max |d|, sum k3, tokens (0 where not measured)
+    row_tis: Tensor | None  # (3, N) TIS weights: sum, max, truncated tokens (None: TIS off)
     rows_skipped: int = 0  # zero-advantage rows left out of the forward
     idle_passes: int = 0  # zero-gradient micro-batches run to match other ranks' count (torchrun)
+
+
+def engine_logprobs(r: Rollout, fresh: bool, old_logprobs: str) -> Tensor | None:
+    """(C,) the engine's log-probs of `r`'s sampled tokens, or None where the record does not hold them.
+
+    Kept `behaviour_logprobs` first; else `old_logprobs` where those are the engine's: with
+    `loss.old_logprobs=engine`, and for a fresh rollout in trainer mode (the engine's until
+    the update replaces them with its own forward). A replayed rollout in trainer mode
+    without kept behaviour log-probs carries only the trainer's pi_old.
+    """
+    if r.behaviour_logprobs is not None:
+        return r.behaviour_logprobs
+    return r.old_logprobs if fresh or old_logprobs == "engine" else None
 
 
 def micro_batches(rollouts: list[Rollout], token_budget: int) -> list[list[int]]:
@@ -100,11 +119,11 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
 
     `batch.rollouts[:batch.num_fresh]` are this step's fresh rollouts. For fresh rollouts
     in trainer mode the stored old_logprobs are ignored (pi_old is the detached forward).
-    With `opts.tis_cap` the stored log-probs of every rollout are the behaviour log-probs of
-    truncated importance sampling. Rows with advantage 0 are left out of the forward when
-    `skip_zero_advantage` and no KL term needs them; they still count in the normaliser,
-    their clip/ratio metrics are not measured, and a skipped fresh row keeps its given
-    old_logprobs as its pi_old.
+    A row's engine log-probs (`engine_logprobs`) are the behaviour log-probs of truncated
+    importance sampling (`opts.tis_cap`); a row without them gets weight 1. Rows with
+    advantage 0 are left out of the forward when `skip_zero_advantage` and no KL term needs
+    them; they still count in the normaliser, their clip/ratio/gap metrics are not
+    measured, and a skipped fresh row keeps its given old_logprobs as its pi_old.
 
     Under torchrun `batch` is this rank's share: the normaliser counts the whole global
     batch, so FSDP's summed gradient is the single-process one, and every rank runs as many
@@ -127,6 +146,8 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
         plan = distributed.same_micro_batch_count(plan, lengths, max(c[2] for c in counts))
     fresh_logprobs = [r.old_logprobs for r in rollouts[:num_fresh]]
     row_clip, row_ratio, row_tokens = torch.zeros(len(rollouts)), torch.zeros(len(rollouts)), torch.zeros(len(rollouts))
+    row_gap = torch.zeros(4, len(rollouts))
+    row_tis = torch.zeros(3, len(rollouts)) if opts.tis_cap else None
     loss_total, kl_total = 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     for rows in plan:  # positions in `rollouts`
@@ -149,8 +170,14 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
         if opts.old_logprobs == "trainer":
             is_fresh = torch.tensor([i < num_fresh for i in rows], device=device)
             old = torch.where(is_fresh[:, None], logp.detach(), stored)
-        # Truncated importance sampling: the stored log-probs are the behaviour policy's.
-        behaviour = stored if opts.tis_cap else None
+        # The engine's log-probs of the sampled tokens where known: the gap to this forward
+        # is logged, and they are the behaviour policy of truncated importance sampling.
+        engine_lp = [engine_logprobs(r, i < num_fresh, opts.old_logprobs) for r, i in zip(mb, rows)]
+        known = torch.tensor([lp is not None for lp in engine_lp], device=device)
+        engine = right_pad([r.old_logprobs if lp is None else lp for r, lp in zip(mb, engine_lp)],
+                           comp.shape[1], 0.0, torch.float32).to(device)
+        gap = logprob_gap(logp.detach(), engine, comp & known[:, None])
+        behaviour = torch.where(known[:, None], engine, old) if opts.tis_cap else None  # unknown: w = 1
         adv = torch.tensor([r.advantage for r in mb], dtype=torch.float32, device=device)
         loss, metrics = policy_loss(
             logp, old, adv, comp, clip_low=opts.clip_low, clip_high=opts.clip_high, agg=aggregation.name,
@@ -165,6 +192,10 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
         row_clip[at] = metrics["seq_clip_count"].float().cpu()
         row_ratio[at] = metrics["seq_ratio_sum"].float().cpu()
         row_tokens[at] = metrics["seq_tokens"].float().cpu()
+        row_gap[:, at] = torch.stack([gap["abs_sum"], gap["abs_max"], gap["k3_sum"], gap["tokens"]]).cpu()
+        if row_tis is not None:
+            row_tis[:, at] = torch.stack([metrics[k] for k in ("seq_tis_sum", "seq_tis_max",
+                                                               "seq_tis_truncated")]).float().cpu()
         if opts.old_logprobs == "trainer":  # the pi_old this step used, for the buffer to replay with
             detached = logp.detach().float().cpu()
             for row, i in enumerate(rows):
@@ -185,6 +216,6 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
         optimizer.step()
     return UpdateResult(
         loss=loss_total, grad_norm=float(norm), skipped=skipped, fresh_logprobs=fresh_logprobs, kl=kl_total,
-        row_clip_count=row_clip, row_ratio_sum=row_ratio, row_tokens=row_tokens,
+        row_clip_count=row_clip, row_ratio_sum=row_ratio, row_tokens=row_tokens, row_gap=row_gap, row_tis=row_tis,
         rows_skipped=len(rollouts) - len(active), idle_passes=sum(1 for rows in plan if not rows))
 

@@ -54,7 +54,7 @@ def test_naive_replay_runs_whole_groups(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ("method=replay", "loss.old_logprobs=engine", "loss.tis_cap=2.0"),
+    ("method=replay", "loss.old_logprobs=engine"),
     ("method=replay", "replay.unit=group", "replay.max_reuse=1", "replay.alpha=0"),
     ("method=replay", "loss.agg=seq_mean_token_sum", "loss.adv_scale=none", "loss.kl_coef=0.1"),
 ])

@@ -2,7 +2,8 @@
 
 Local files follow ../shared/data/train/*/train.jsonl (verl format): the question is the
 user message `prompt[1].content`, the gold `reward_model.ground_truth`. Rows with an
-empty gold (two in MATH train) are dropped, with a count in the log.
+empty gold (two in MATH train) are dropped, with a count in the log; so are prompts longer
+than `data.max_prompt_tokens` once rendered (`drop_long_prompts`, after tokenising).
 """
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def _load_hub(name: str) -> list[Problem]:
 def toy_test_set(cfg: Config) -> list[Problem]:
     """The toy eval set: min(data.num_test, trainer.eval_size) distinct held-out problems, grouped by level."""
     return eval_set(list(cfg.data.levels), min(cfg.data.num_test, cfg.trainer.eval_size))
+
+
+def drop_long_prompts(problems: list[Problem], prompt_ids: list[list[int]],
+                      max_tokens: int) -> tuple[list[Problem], list[list[int]], int]:
+    """Keep the problems whose rendered prompt has at most `max_tokens` tokens (data.max_prompt_tokens).
+
+    Returns (problems kept, their token ids, how many were dropped), order kept. Raises
+    DataError naming the key when nothing is left.
+    """
+    keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= max_tokens]
+    dropped = len(problems) - len(keep)
+    if not keep:
+        shortest = min(map(len, prompt_ids), default=0)
+        raise DataError(f"all {len(problems)} training prompts are longer than data.max_prompt_tokens={max_tokens} "
+                        f"tokens (the shortest has {shortest}); raise data.max_prompt_tokens.")
+    if dropped:
+        log.warning("dropped %d of %d training prompts longer than data.max_prompt_tokens=%d tokens",
+                    dropped, len(problems), max_tokens)
+    return [problems[i] for i in keep], [prompt_ids[i] for i in keep], dropped

@@ -157,7 +157,9 @@ def policy_loss(
         tokens whose clipped branch is active, i.e. whose gradient clipping zeroes),
         "ratio_mean" (over valid tokens), "kl" (if `ref_logp`), "tis_weight_mean" (if
         `behaviour_logp`). (B,): "seq_clip_count", "seq_ratio_sum", "seq_tokens", so the
-        caller can split clip fraction and ratio by rollout age.
+        caller can split clip fraction and ratio by rollout age; with `behaviour_logp` also
+        "seq_tis_sum", "seq_tis_max" (0 for a row with no valid token) and
+        "seq_tis_truncated" (tokens whose weight the cap lowered).
     """
     mask = mask.bool()
     zeros = torch.zeros_like(logp)
@@ -177,11 +179,13 @@ def policy_loss(
 
     metrics: dict[str, Tensor] = {}
     if behaviour_logp is not None:
-        w = torch.exp(masked_log_diff(old_logp, behaviour_logp)).detach()
-        if tis_cap is not None:
-            w = w.clamp(max=tis_cap)
+        raw = torch.exp(masked_log_diff(old_logp, behaviour_logp)).detach()
+        w = raw.clamp(max=tis_cap) if tis_cap is not None else raw
         pg = pg * w
         metrics["tis_weight_mean"] = aggregate(w, mask, "token_mean")
+        metrics["seq_tis_sum"] = torch.where(mask, w, zeros).sum(-1)
+        metrics["seq_tis_max"] = torch.where(mask, w, zeros).amax(-1)
+        metrics["seq_tis_truncated"] = ((raw > w) & mask).sum(-1).to(logp.dtype)
 
     agg_fn = get_agg(agg).reduce
     pg_loss = agg_fn(pg, mask, norm_len)

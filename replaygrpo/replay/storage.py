@@ -1,12 +1,13 @@
 """Packed storage of rollouts: the mechanics under both replay buffers, no policy.
 
 Layout. Rollouts added in one call are packed into one *chunk*: their completion ids
-(int32) and behaviour log-probs (float32) concatenated, and their prompt ids stored
-once per group (all G rollouts of a group share the prompt). So a stored completion
-token costs 8 bytes. Per-rollout scalars (birth step, advantage, reuse count,
-offsets into the chunk, ...) live in column tensors indexed by *slot*, so eviction,
-eligibility and the priority draw are vectorised over the buffer. No Python object
-is kept per stored rollout or group.
+(int32) and old log-probs (float32) concatenated, and their prompt ids stored once per
+group (all G rollouts of a group share the prompt). So a stored completion token costs 8
+bytes; 12 where the rollouts carry the engine's behaviour log-probs beside a trainer
+pi_old (truncated importance sampling on; a chunk without them holds none). Per-rollout
+scalars (birth step, advantage, reuse count, offsets into the chunk, ...) live in column
+tensors indexed by *slot*, so eviction, eligibility and the priority draw are vectorised
+over the buffer. No Python object is kept per stored rollout or group.
 
 Reads. `rollouts(slots)` is the only place `Rollout` records are made, for the few
 slots a sample draws: two views per rollout (completion ids, log-probs) sliced from
@@ -69,7 +70,7 @@ _ARRAY_CODE = {torch.int64: "q", torch.float64: "d"}  # array.array type codes
 # `rollouts` builds records positionally from these leading fields (any later field
 # must have a default); checked here so a reordered record fails loudly, not silently.
 _ROLLOUT_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "reward", "advantage", "birth_step", "prompt_id",
-                   "group_id", "reuse")
+                   "group_id", "reuse", "behaviour_logprobs")
 
 
 def _check_rollout_fields() -> None:
@@ -92,14 +93,16 @@ class _Chunk:
     """The tokens of one add call (or of one repack), never written after it is built."""
 
     ids: Tensor  # (T,) int32, completions of the chunk's rollouts, concatenated
-    logp: Tensor  # (T,) float32, behaviour log-probs aligned with ids
+    logp: Tensor  # (T,) float32, old log-probs (pi_old) aligned with ids
     prompts: Tensor  # (Q,) int32, one prompt per group, concatenated
     live: int = 0  # live rollouts pointing into this chunk
     live_tokens: int = 0  # their completion tokens
+    behav: Tensor | None = None  # (T,) float32 engine log-probs aligned with ids, or None (not kept)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.ids, self.logp, self.prompts))
+        held = (self.ids, self.logp, self.prompts) + (() if self.behav is None else (self.behav,))
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def _column(values: Sequence[Any], dtype: torch.dtype) -> Tensor:
@@ -110,12 +113,18 @@ def _column(values: Sequence[Any], dtype: torch.dtype) -> Tensor:
 
 
 def _pack(
-    prompts: Sequence[Tensor], comps: Sequence[Tensor], logps: Sequence[Tensor], groups: Sequence[int]
+    prompts: Sequence[Tensor], comps: Sequence[Tensor], logps: Sequence[Tensor], groups: Sequence[int],
+    behavs: Sequence[Tensor | None],
 ) -> tuple[_Chunk, dict[str, Tensor]]:
     """Concatenate rollouts (given field by field) into one chunk; return it and their offset columns."""
     c_len = list(map(Tensor.numel, comps))
     if c_len != list(map(Tensor.numel, logps)):
         raise ValueError("each rollout needs one old log-prob per completion token")
+    kept = sum(b is not None for b in behavs)
+    if kept not in (0, len(behavs)):  # a chunk holds them for all its rollouts or for none
+        raise ValueError("rollouts added together must all carry behaviour_logprobs or none")
+    if kept and c_len != list(map(Tensor.numel, behavs)):
+        raise ValueError("each rollout needs one behaviour log-prob per completion token")
     # Prompt dedup: a group's prompt is stored once, taken from its first rollout.
     first: dict[int, int] = {}  # group_id -> index of its first rollout here
     src = [first.setdefault(g, i) for i, g in enumerate(groups)]
@@ -151,7 +160,8 @@ def _pack(
         "p_off": head_off[group],
         "p_len": head_len[group],
     }
-    chunk = _Chunk(ids, logp, flat_prompts, live=len(comps), live_tokens=int(ids.numel()))
+    behav = torch.cat(behavs).detach().to("cpu", torch.float32) if kept else None  # type: ignore[arg-type]
+    chunk = _Chunk(ids, logp, flat_prompts, live=len(comps), live_tokens=int(ids.numel()), behav=behav)
     return chunk, cols
 
 
@@ -208,7 +218,7 @@ class RolloutStore:
         # transpose): the only per-rollout Python work of an add.
         group = [r.group_id for r in rollouts]
         chunk, cols = _pack([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
-                            [r.old_logprobs for r in rollouts], group)
+                            [r.old_logprobs for r in rollouts], group, [r.behaviour_logprobs for r in rollouts])
         birth, prompt_id = [r.birth_step for r in rollouts], [r.prompt_id for r in rollouts]
         reuse, reward, adv = [r.reuse for r in rollouts], [r.reward for r in rollouts], [r.advantage for r in rollouts]
         ints = _column(birth + group + prompt_id + reuse, torch.int64).view(4, k)
@@ -271,8 +281,9 @@ class RolloutStore:
             prompts.append(view)
         comps = [ch.ids[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
         logps = [ch.logp[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
+        behavs = [None if ch.behav is None else ch.behav[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
         # Positional construction, a quarter of the cost of keywords (order checked above).
-        return list(starmap(Rollout, zip(prompts, comps, logps, reward, adv, birth, prompt_id, group, reuse)))
+        return list(starmap(Rollout, zip(prompts, comps, logps, reward, adv, birth, prompt_id, group, reuse, behavs)))
 
     def _reserve(self, n: int) -> None:
         cap = self._cols["alive"].numel()
@@ -294,7 +305,7 @@ class RolloutStore:
         slots = ((self.col("chunk") == cid) & self.col("alive")).nonzero().squeeze(1)
         rs = self.rollouts(slots)
         chunk, cols = _pack(*(list(map(attrgetter(f), rs)) for f in
-                              ("prompt_ids", "completion_ids", "old_logprobs", "group_id")))
+                              ("prompt_ids", "completion_ids", "old_logprobs", "group_id", "behaviour_logprobs")))
         self._chunks[cid] = chunk
         for name, values in cols.items():
             self._cols[name][slots] = values
@@ -307,6 +318,8 @@ class RolloutStore:
             tensors[f"chunk.{cid}.ids"] = ch.ids
             tensors[f"chunk.{cid}.logp"] = ch.logp
             tensors[f"chunk.{cid}.prompts"] = ch.prompts
+            if ch.behav is not None:
+                tensors[f"chunk.{cid}.behav"] = ch.behav
         return tensors, {"chunks": sorted(self._chunks), "next_chunk": self._next_chunk}
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -330,5 +343,7 @@ class RolloutStore:
                 prompts=tensors[f"chunk.{cid}.prompts"].to(torch.int32).contiguous(),
                 live=int(in_chunk.sum()),
                 live_tokens=int(self.col("c_len")[in_chunk].sum()),
+                behav=behav.to(torch.float32).contiguous() if (behav := tensors.get(f"chunk.{cid}.behav")) is not None
+                else None,
             )
         self._next_chunk = int(meta["next_chunk"])

@@ -60,6 +60,7 @@ def make_rollouts(engine: Engine, grader: Grader, tokenizer: Any, prompts: list[
     rollouts = [
         Rollout(prompt_ids=prompt_tensors[k // g], completion_ids=c.token_ids, old_logprobs=c.logprobs,
                 reward=float(rewards[k]), advantage=float(adv[k]), birth_step=step,
-                prompt_id=prompt_index[k // g], group_id=int(group_ids[k]))
+                prompt_id=prompt_index[k // g], group_id=int(group_ids[k]),
+                behaviour_logprobs=c.logprobs)  # the same tensor: free until pi_old replaces old_logprobs
         for k, c in enumerate(completions)]
     return StepRollouts(rollouts, completions, rewards, adv, t_gen - t0, t_grade - t_gen)
