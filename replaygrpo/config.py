@@ -100,6 +100,13 @@ class EngineConfig:
     """vLLM only: inplace (stream weights in chunks) or reload (save safetensors and reload)."""
     max_logprob_gap: float = 0.5
     """vLLM only: abort when the engine-vs-trainer mean log-prob gap after sync exceeds this."""
+    min_sync_tracking: float = 0.5
+    """vLLM only: abort when, from the second sync on, the engine's probe log-probs moved less than
+    this fraction of the trainer's since the previous sync (sync/tracking: about 1 when the weights
+    arrive, 0 for a stale engine), judged where the trainer's moved more than tracking_min_shift; 0 = off."""
+    tracking_min_shift: float | None = None
+    """vLLM only: the trainer's mean probe log-prob change (sync/probe_shift) below which
+    sync/tracking is noise and not judged; null = the floor calibrated for the engine dtype (docs/vllm.md)."""
     tensor_parallel_size: int = 1
     """vLLM only, under torchrun: ranks per engine (consecutive ranks form one tensor-parallel
     engine and generate their prompts together); must divide the number of processes."""
@@ -217,7 +224,10 @@ class EvalConfig:
     batch_size: int = 64
     """Prompts per generate call (with vLLM, its scheduling window: make it large)."""
     engine: str = "hf"
-    """hf, or vllm (one process, one GPU; takes engine.gpu_memory_utilization)."""
+    """hf, or vllm (one process, one GPU, no sleep mode; takes eval.gpu_memory_utilization)."""
+    gpu_memory_utilization: float = 0.9
+    """eval.engine=vllm: fraction of GPU memory for the eval engine (weights + KV cache). Evaluation
+    after training runs in a process of its own, so it has the whole GPU."""
     grader_workers: int = 2
     """Grading worker processes (0 = in-process)."""
     grade_timeout: float = 5.0
@@ -408,12 +418,17 @@ def validate(cfg: Config) -> Config:
     _require(e.temperature > 0, "engine.temperature", e.temperature, "a float > 0 (training samples)")
     _require(0 < e.top_p <= 1, "engine.top_p", e.top_p, "a float in (0, 1]")
     _require(e.max_logprob_gap >= 0, "engine.max_logprob_gap", e.max_logprob_gap, "a float >= 0")
+    _require(e.min_sync_tracking >= 0, "engine.min_sync_tracking", e.min_sync_tracking, "a float >= 0")
+    _require(e.tracking_min_shift is None or e.tracking_min_shift >= 0, "engine.tracking_min_shift",
+             e.tracking_min_shift, "null or a float >= 0")
     _require(0 < e.gpu_memory_utilization < 1, "engine.gpu_memory_utilization",
              e.gpu_memory_utilization, "a float in (0, 1)")
     _require(cfg.eval.temperature >= 0, "eval.temperature", cfg.eval.temperature, "a float >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", cfg.eval.top_p, "a float in (0, 1]")
     _require(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", cfg.eval.limit, "null or an integer >= 1")
     _require(cfg.eval.grade_timeout > 0, "eval.grade_timeout", cfg.eval.grade_timeout, "a float > 0")
+    _require(0 < cfg.eval.gpu_memory_utilization < 1, "eval.gpu_memory_utilization",
+             cfg.eval.gpu_memory_utilization, "a float in (0, 1)")
     for name, n in cfg.eval.k_per_benchmark.items():
         _require(name in cfg.eval.benchmarks, "eval.k_per_benchmark", name, "a benchmark of eval.benchmarks")
         _require(n >= 1, f"eval.k_per_benchmark.{name}", n, "an integer >= 1")

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from replaygrpo.config import Config
+from replaygrpo.config import Config, EngineConfig
 from replaygrpo.data.benchmarks import TOY, load_benchmark
 from replaygrpo.data.problem import Problem
 from replaygrpo.data.prompts import render
@@ -304,6 +304,14 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     return results
 
 
+def eval_engine_settings(cfg: Config) -> EngineConfig:
+    """The eval engine's settings: the training engine's, in one process (no tensor parallelism
+    whatever training used), without sleep mode (nothing else needs the memory, and vLLM allows
+    one sleep-mode engine per process) and with the eval's own memory fraction."""
+    return dataclasses.replace(cfg.engine, tensor_parallel_size=1, sleep_mode=False,
+                               gpu_memory_utilization=cfg.eval.gpu_memory_utilization)
+
+
 def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, int]]]) -> None:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -317,9 +325,8 @@ def _generate_all(cfg: Config, out: Path, todo: dict[str, list[tuple[Problem, in
                                 cfg.model.attn_implementation)
         eos = end_of_text_id(model, tok)
         kw: dict[str, Any] = {}
-        if cfg.eval.engine == "vllm":  # one process: no tensor parallelism whatever training used
-            kw = dict(cfg=dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, tensor_parallel_size=1)),
-                      tokenizer=tok)
+        if cfg.eval.engine == "vllm":
+            kw = dict(settings=eval_engine_settings(cfg), seed=cfg.seed, dtype=cfg.model.dtype, tokenizer=tok)
         engine = build_engine(cfg.eval.engine, model=model, eos_token_id=eos, pad_token_id=tok.pad_token_id,
                               batch_size=cfg.eval.batch_size, stop_token_ids=stop_token_ids(tok, eos), **kw)
         del model  # a vLLM engine holds its own copy of the weights (the HF engine keeps this one)

