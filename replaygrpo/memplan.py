@@ -99,14 +99,16 @@ def shape_from_hf_config(c: dict) -> Shape:
 
 
 def model_shape(cfg: Config) -> Shape:
-    """The policy's shape: the toy config, a local config.json, the local hub cache, or KNOWN."""
+    """The policy's shape: the toy config, a shipped toy base, a local config.json, the local hub cache, or KNOWN."""
     m = cfg.model
     if m.name_or_path == "toy":
         from replaygrpo.toymodel import build_tokenizer
 
         return Shape(m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.hidden_size // m.num_heads,
                      m.intermediate_size, len(build_tokenizer()), True)
-    path = Path(m.name_or_path)
+    from replaygrpo.toymodel import BASE_DIR, BASES
+
+    path = BASE_DIR / m.name_or_path if m.name_or_path in BASES else Path(m.name_or_path)  # a shipped toy base
     for candidate in (path / "final_model" / "config.json", path / "config.json"):
         if candidate.is_file():
             return shape_from_hf_config(json.loads(candidate.read_text()))

@@ -141,8 +141,8 @@ def _measure(h: int, L: int, I: int, V: int, rows: int, comp: int, dtype: str, c
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from replaygrpo.memplan import activation_bytes, logits_bytes
-    from replaygrpo.records import Rollout
-    from replaygrpo.update import update_step
+    from replaygrpo.records import Rollout, UpdateBatch
+    from replaygrpo.update import UpdateOptions, update_step
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -162,10 +162,9 @@ def _measure(h: int, L: int, I: int, V: int, rows: int, comp: int, dtype: str, c
     tokens = rows * (8 + comp)
 
     def step():
-        update_step(model, opt, batch, [0] * rows, rows, pad_id=0, temperature=1.0, clip_low=0.2, clip_high=0.2,
-                    agg="token_mean", old_logprobs="trainer", tis_cap=None, token_budget=tokens, grad_clip=1.0,
-                    ref_model=None, kl_coef=0.0, max_age=0, layout="padded",
-                    autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+        opts = UpdateOptions(pad_id=0, token_budget=tokens, layout="padded",
+                             autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+        update_step(model, opt, UpdateBatch(batch, num_fresh=rows), opts)
 
     def status(key):
         for line in open("/proc/self/status"):
