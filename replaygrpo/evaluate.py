@@ -36,6 +36,7 @@ from replaygrpo.data.problem import Problem
 from replaygrpo.data.prompts import render
 from replaygrpo.grading import GraderSettings, GradingPool, extract_answer, grader_settings
 from replaygrpo.model import FINAL_MODEL, stop_token_ids
+from replaygrpo.toymodel import BASES
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +275,9 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     out is `cfg.eval.out`, else `<run>/eval` for a training run dir, else the Hydra run
     dir's `eval/`. Resumes into an existing out dir made with the same settings.
     """
-    if cfg.model.name_or_path == "toy":
-        raise EvalError("model.name_or_path=toy names the toy lab's recipe, not a saved model: evaluate "
-                        "a training run dir, a model dir saved with save_pretrained, or a hub id.")
+    if cfg.model.name_or_path == "toy" or cfg.model.name_or_path in BASES:
+        raise EvalError(f"model.name_or_path={cfg.model.name_or_path} names the toy lab's recipe, not a saved "
+                        "model: evaluate a training run dir, a model dir saved with save_pretrained, or a hub id.")
     out = _out_dir(cfg)
     _ensure_writable(out)
     settings = eval_settings(cfg)

@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from replaygrpo.config import register_configs, to_config
+from replaygrpo.methods import METHODS
 from tests.conftest import REPO
 
 
@@ -27,8 +28,8 @@ def arm(name: str):
 def test_arms(name, method, tau, ratio, batch) -> None:
     cfg = arm(name)
     assert cfg.method.name == method and cfg.trainer.prompts_per_step == batch
-    if method != "grpo":
-        assert cfg.replay.replay_ratio == ratio and cfg.replay.tau_max == tau
+    if method != "grpo":  # the age bound as the method applies it (naive replay has none)
+        assert cfg.replay.replay_ratio == ratio and METHODS.get(method).build(cfg.replay).age_bound == tau
 
 
 def test_leverage_ablations_change_one_thing() -> None:
