@@ -63,7 +63,7 @@ def measure(size: str, reps: int) -> dict:
         cfg = load_config(compose("config", overrides=[*PEER, *SIZES[size], f"cache_dir={REPO / '.cache'}"]))
     seed_everything(cfg.seed)
     t, e = cfg.trainer, cfg.engine
-    model, tok = load_policy(cfg)
+    model, tok, _ = load_policy(cfg)
     model.train()
     eos = end_of_text_id(model, tok)
     engine = build_engine("hf", model, e, eos_token_id=eos, pad_token_id=tok.pad_token_id)

@@ -108,7 +108,7 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
         cfg = load_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
     seed_everything(cfg.seed)
     t, e, lo = cfg.trainer, cfg.engine, cfg.loss
-    model, tok = load_policy(cfg)
+    model, tok, _ = load_policy(cfg)
     eos = end_of_text_id(model, tok)
     engine = build_engine("hf", model, e, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     opts = UpdateOptions.from_config(cfg, tok.pad_token_id, autocast_dtype=None)

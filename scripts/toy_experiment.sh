@@ -5,7 +5,7 @@
 #   scripts/toy_experiment.sh                    # both regimes, 8 seeds (see docs/toy_lab.md for the time)
 #   scripts/toy_experiment.sh --dry-run          # print the commands only
 #   SEEDS=0,1 STEPS=10 scripts/toy_experiment.sh # a quick try
-#   scripts/toy_experiment.sh model=toy_strong   # extra args are Hydra overrides for every run
+#   scripts/toy_experiment.sh model=toy_weak     # extra args are Hydra overrides for every run
 #
 # Two Hydra multiruns, then `replaygrpo compare` on each (the report: AUC of accuracy vs
 # rollouts as the primary metric, paired tests, Holm, TOST with margin MARGIN):
