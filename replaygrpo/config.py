@@ -130,6 +130,10 @@ class TrainerConfig:
     """Clip the global gradient norm to this (0 = off)."""
     micro_batch_tokens: int = 16384
     """Token budget per forward/backward micro-batch (gradients accumulate to one step)."""
+    mini_batches: int = 1
+    """Clipped optimiser steps per RL step: the composed batch is shuffled and split into this many
+    parts, each rollout used once (verl's ppo_mini_batch_size = batch / N, TRL's steps_per_generation
+    = N). Above 1, with loss.old_logprobs=trainer, pi_old costs one extra no-grad forward."""
     update_layout: str = "auto"
     """How the update lays out a micro-batch (same values and gradients each way): shared_prefix
     (each distinct prompt forwarded once, completions on its KV cache), packed (rows back to back,
@@ -377,10 +381,13 @@ def validate(cfg: Config) -> Config:
     for key in ("trainer.eval_every", "trainer.warmup_steps", "checkpoint.every",
                 "model.warmstart_steps", "eval.grader_workers", "trainer.grader_workers"):
         _require(_get(cfg, key) >= 0, key, _get(cfg, key), "an integer >= 0")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     _require(t.group_size >= 2 or lo.adv_scale == "none", "trainer.group_size", t.group_size,
              "an integer >= 2 (a group of 1 has no std; use loss.adv_scale=none for G=1)")
     _require(t.group_size >= 1, "trainer.group_size", t.group_size, "an integer >= 1")
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    _require(1 <= t.mini_batches <= t.prompts_per_step * t.group_size // world, "trainer.mini_batches",
+             t.mini_batches, f"an integer in [1, {t.prompts_per_step * t.group_size // world}] (at most the "
+             "fresh rollouts per process, trainer.prompts_per_step x trainer.group_size / WORLD_SIZE)")
     _require(t.prompts_per_step % world == 0, "trainer.prompts_per_step", t.prompts_per_step,
              f"a multiple of the number of processes ({world}, torchrun's WORLD_SIZE): each rank takes an equal share")
     tp = cfg.engine.tensor_parallel_size

@@ -230,10 +230,16 @@ def same_micro_batch_count(plan: list[list[int]], lengths: list[int], count: int
     return plan + [[] for _ in range(count - len(plan))]
 
 
-def idle_pass(model: nn.Module, ref_model: nn.Module | None, pad_id: int, device: torch.device) -> None:
+def idle_pass(model: nn.Module, ref_model: nn.Module | None, pad_id: int, device: torch.device,
+              backward: bool = True) -> None:
     """A forward and backward that adds zero gradient, so this rank joins the collectives
-    of a micro-batch it does not have (see `same_micro_batch_count`)."""
+    of a micro-batch it does not have (see `same_micro_batch_count`); `backward=False`: the
+    forward only, for a no-grad pass."""
     ids = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    if not backward:
+        with torch.no_grad():
+            model(input_ids=ids)
+        return
     logits = model(input_ids=ids).logits  # the same order of collectives as a real micro-batch:
     if ref_model is not None:  # policy forward, reference forward, backward
         with torch.no_grad():

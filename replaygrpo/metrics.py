@@ -66,7 +66,11 @@ def local_numbers(made: StepRollouts, batch: UpdateBatch, result: UpdateResult, 
         "gap": result.row_gap, "tis": result.row_tis,
         "n_fresh": batch.num_fresh, "buffer": buffered, "loss": result.loss, "kl": result.kl,
         "trained": sum(r.completion_ids.numel() for r in batch.rollouts), "skipped": result.skipped,
-        "rows_skipped": result.rows_skipped, "stop": stop}
+        "rows_skipped": result.rows_skipped, "stop": stop,
+        "positions": sum(r.prompt_ids.numel() + r.num_tokens for r, n in zip(batch.rollouts, result.row_tokens.tolist())
+                         if n > 0),
+        "scored": result.scored_tokens, "scored_positions": result.scored_positions,
+        "optimizer_steps": result.optimizer_steps}
 
 
 def global_metrics(local: dict[str, Any], age_bound: int | None) -> tuple[dict[str, Any], int, bool, int | None]:
@@ -110,6 +114,10 @@ def global_metrics(local: dict[str, Any], age_bound: int | None) -> tuple[dict[s
         "tokens/generated": int(g["lengths"].sum()),
         "tokens/trained": sum(r["trained"] for r in ranks),
         "tokens/forwarded": int(forwarded),
+        "positions/forwarded": sum(r["positions"] for r in ranks),
+        "tokens/scored": sum(r["scored"] for r in ranks),
+        "positions/scored": sum(r["scored_positions"] for r in ranks),
+        "optimizer/steps": ranks[0]["optimizer_steps"],
     }
     ages = g["ages"]
     metrics.update(_gap_metrics(torch.cat([r["gap"] for r in ranks], dim=1), ages, n_age))

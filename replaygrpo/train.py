@@ -47,7 +47,7 @@ from replaygrpo.offload import free_gradients_after_step, offload_optimizer
 from replaygrpo.rundir import claim_run_dir, release_run_dir
 from replaygrpo.sampler import PromptSampler
 from replaygrpo.toyeval import toy_eval
-from replaygrpo.update import UpdateOptions, update_step
+from replaygrpo.update import UpdateOptions, update
 from replaygrpo.variants import resolve as resolve_variants
 
 log = logging.getLogger(__name__)
@@ -209,10 +209,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             used, replayed = replay.compose(made.rollouts, step, replay_gen)
             batch = UpdateBatch(used + replayed, num_fresh=len(used))
 
-            # 8-9. One clipped-surrogate optimiser step on the composed batch, then push the weights.
-            # Under torchrun the batch is this rank's share; update_step makes it one global step.
+            # 8-9. Clipped-surrogate optimiser step(s) on the composed batch (trainer.mini_batches),
+            # then push the weights. Under torchrun the batch is this rank's share; each step is global.
             engine.sleep()
-            result = update_step(model, optimizer, batch, update_opts, ref_model)
+            result = update(model, optimizer, batch, update_opts, ref_model,
+                            order_seed=(cfg.seed * 1_000_003 + step) * world + rank)
             scheduler.step()
             t_update = time.perf_counter()
             engine.sync_weights(model)
@@ -233,12 +234,14 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             if skipped:
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step + 1, state["bad_steps"])
+            t_train = time.perf_counter()
             evaluation: dict[str, float] = {}
             if test_problems and (step + 1 == t_cfg.steps or (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)):
                 evaluation = evaluate()
                 state["accuracy"] = evaluation["eval/accuracy"]
+            # time/step is the training step alone (the compute axis); the toy eval is time/eval.
             times = {"generate": made.generate_s, "grade": made.grade_s, "update": t_update - t_update0,
-                     "sync": t_sync - t_update, "step": time.perf_counter() - t0}
+                     "sync": t_sync - t_update, "step": t_train - t0, "eval": time.perf_counter() - t_train}
             metrics = step_metrics(step, batch_metrics, result, rollouts_generated=state["rollouts_generated"],
                                    skipped_total=state["skipped_steps"], lr=scheduler.get_last_lr()[0], times=times,
                                    engine=engine.metrics(), evaluation=evaluation)

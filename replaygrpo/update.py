@@ -1,4 +1,4 @@
-"""One optimiser step on a composed batch of rollouts (fresh and replayed).
+"""The optimiser step(s) on a composed batch of rollouts (fresh and replayed).
 
 The batch is split into micro-batches by a token budget and gradients accumulate to a
 single step, with each micro-batch's loss weighted so the sum equals the loss of the
@@ -9,9 +9,15 @@ extra forward is spent; those values are returned for the replay buffer to store
 Every row whose engine log-probs are known (a fresh row, a row with `behaviour_logprobs`,
 any row with `old_logprobs=engine`) has its engine-vs-trainer gap measured against this
 forward, and with `tis_cap` its surrogate weighted by min(exp(pi_old - engine), cap).
+
+With `mini_batches` N > 1 (verl's ppo_mini_batch_size = batch / N, TRL's
+steps_per_generation = N) the batch is shuffled and split into N parts, each its own
+clipped step; every rollout is used once per batch. pi_old must then be fixed before the
+first step: in trainer mode one extra no-grad forward scores the fresh rollouts.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -51,6 +57,8 @@ class UpdateOptions:
     skip_zero_advantage: bool = True
     chunk_size: int | None = 4096
     """Tokens per chunk of the log-prob computation (None = one piece)."""
+    mini_batches: int = 1
+    """Optimiser steps per composed batch (each on a shuffled 1/N of its rollouts)."""
 
     @classmethod
     def from_config(cls, cfg: Config, pad_id: int, autocast_dtype: torch.dtype | None) -> UpdateOptions:
@@ -58,7 +66,8 @@ class UpdateOptions:
         return cls(pad_id=pad_id, temperature=cfg.engine.temperature, clip_low=lo.clip_low, clip_high=lo.clip_high,
                    agg=lo.agg, old_logprobs=lo.old_logprobs, tis_cap=lo.tis_cap, kl_coef=lo.kl_coef,
                    token_budget=t.micro_batch_tokens, grad_clip=t.grad_clip, autocast_dtype=autocast_dtype,
-                   layout=t.update_layout, skip_zero_advantage=t.skip_zero_advantage)
+                   layout=t.update_layout, skip_zero_advantage=t.skip_zero_advantage,
+                   mini_batches=t.mini_batches)
 
 
 @dataclass
@@ -75,6 +84,9 @@ class UpdateResult:
     row_tis: Tensor | None  # (3, N) TIS weights: sum, max, truncated tokens (None: TIS off)
     rows_skipped: int = 0  # zero-advantage rows left out of the forward
     idle_passes: int = 0  # zero-gradient micro-batches run to match other ranks' count (torchrun)
+    optimizer_steps: int = 1  # steps taken (mini_batches less the skipped ones)
+    scored_tokens: int = 0  # completion tokens of the no-grad pi_old forward (mini-batches, trainer mode)
+    scored_positions: int = 0  # prompt + completion positions of those rows
 
 
 def engine_logprobs(r: Rollout, fresh: bool, old_logprobs: str) -> Tensor | None:
@@ -217,5 +229,98 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     return UpdateResult(
         loss=loss_total, grad_norm=float(norm), skipped=skipped, fresh_logprobs=fresh_logprobs, kl=kl_total,
         row_clip_count=row_clip, row_ratio_sum=row_ratio, row_tokens=row_tokens, row_gap=row_gap, row_tis=row_tis,
-        rows_skipped=len(rollouts) - len(active), idle_passes=sum(1 for rows in plan if not rows))
+        rows_skipped=len(rollouts) - len(active), idle_passes=sum(1 for rows in plan if not rows),
+        optimizer_steps=int(not skipped))
 
+
+
+def _forwarded(rollouts: list[Rollout], opts: UpdateOptions, kl_on: bool) -> list[int]:
+    """Positions of the rows the update forwards (zero-advantage rows are left out unless KL needs them)."""
+    return [i for i, r in enumerate(rollouts) if not (opts.skip_zero_advantage and not kl_on and r.advantage == 0)]
+
+
+@torch.no_grad()
+def score_pi_old(model: torch.nn.Module, batch: UpdateBatch, opts: UpdateOptions,
+                 kl_on: bool = False) -> tuple[list[Rollout], Tensor, int, int]:
+    """The fresh rollouts with pi_old fixed to the trainer's log-probs before any step (one no-grad forward).
+
+    Returns (rollouts, gap, tokens, positions): every row of `batch` with each forwarded
+    fresh row's old_logprobs replaced by the trainer's and its engine log-probs kept as
+    behaviour_logprobs (the gap and TIS then read them as for a fresh row); the (4, N)
+    engine-vs-trainer gap of those rows (zeros elsewhere); and the completion tokens and
+    positions scored. Under torchrun every rank runs as many forwards (idle ones where short).
+    """
+    rollouts = list(batch.rollouts)
+    gap_rows = torch.zeros(4, len(rollouts))
+    device = next(model.parameters()).device
+    fresh = [i for i in _forwarded(rollouts[:batch.num_fresh], opts, kl_on)]
+    layout = choose_layout(opts.layout, model)
+    plan = [[fresh[j] for j in mb] for mb in micro_batches([rollouts[i] for i in fresh], opts.token_budget)]
+    if distributed.active():
+        lengths = [r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts]
+        plan = distributed.same_micro_batch_count(plan, lengths, max(distributed.gather(len(plan))))
+    for rows in plan:
+        if not rows:
+            distributed.idle_pass(model, None, opts.pad_id, device, backward=False)
+            continue
+        mb = [rollouts[i] for i in rows]
+        cb = CompletionBatch.build([r.prompt_ids for r in mb], [r.completion_ids for r in mb], opts.pad_id).to(device)
+        dtype = opts.autocast_dtype
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logp = completion_logprobs(model, cb, opts.temperature, opts.chunk_size, layout).float()
+        engine = right_pad([engine_logprobs(r, True, opts.old_logprobs) for r in mb], cb.mask.shape[1], 0.0,
+                           torch.float32).to(device)
+        gap = logprob_gap(logp, engine, cb.mask)
+        gap_rows[:, torch.tensor(rows)] = torch.stack([gap["abs_sum"], gap["abs_max"], gap["k3_sum"],
+                                                       gap["tokens"]]).cpu()
+        logp = logp.cpu()
+        for row, (i, r) in enumerate(zip(rows, mb)):
+            behaviour = engine_logprobs(r, True, opts.old_logprobs)
+            rollouts[i] = dataclasses.replace(r, old_logprobs=logp[row, :r.num_tokens].clone(),
+                                              behaviour_logprobs=behaviour)
+    tokens = sum(rollouts[i].num_tokens for i in fresh)
+    positions = tokens + sum(rollouts[i].prompt_ids.numel() for i in fresh)
+    return rollouts, gap_rows, tokens, positions
+
+
+def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: UpdateBatch, opts: UpdateOptions,
+           ref_model: torch.nn.Module | None = None, order_seed: int = 0) -> UpdateResult:
+    """`opts.mini_batches` clipped optimiser steps on one composed batch (`update_step` when 1).
+
+    The rows are shuffled (a generator seeded with `order_seed`: the same order on resume)
+    and split into N near-equal parts, each an `update_step` against pi_old fixed before the
+    first: the stored one for replayed rows and in engine mode, else `score_pi_old`'s. The
+    result holds each row's metrics from the step that trained it, the fresh rows' gap from
+    the scoring pass (the later steps' forwards have moved), and the mean loss, KL and grad norm.
+    """
+    n = opts.mini_batches
+    if n == 1:
+        return update_step(model, optimizer, batch, opts, ref_model)
+    rollouts, num_fresh = batch.rollouts, batch.num_fresh
+    kl_on = ref_model is not None and opts.kl_coef > 0
+    scored_gap, scored_tokens, scored_positions = None, 0, 0
+    if opts.old_logprobs == "trainer":
+        rollouts, scored_gap, scored_tokens, scored_positions = score_pi_old(model, batch, opts, kl_on)
+    order = torch.randperm(len(rollouts), generator=torch.Generator().manual_seed(order_seed))
+    parts = [p.tolist() for p in order.tensor_split(n)]
+    # Every row now carries its pi_old, so each part is "all replayed" to update_step.
+    results = [update_step(model, optimizer, UpdateBatch([rollouts[i] for i in part], num_fresh=0), opts, ref_model)
+               for part in parts]
+    row_clip, row_ratio, row_tokens = torch.zeros(len(rollouts)), torch.zeros(len(rollouts)), torch.zeros(len(rollouts))
+    row_gap = torch.zeros(4, len(rollouts))
+    row_tis = torch.zeros(3, len(rollouts)) if opts.tis_cap else None
+    for part, res in zip(parts, results):
+        at = torch.tensor(part, dtype=torch.long)
+        row_clip[at], row_ratio[at], row_tokens[at] = res.row_clip_count, res.row_ratio_sum, res.row_tokens
+        row_gap[:, at] = res.row_gap
+        if row_tis is not None:
+            row_tis[:, at] = res.row_tis
+    if scored_gap is not None:
+        row_gap[:, :num_fresh] = scored_gap[:, :num_fresh]
+    return UpdateResult(
+        loss=sum(r.loss for r in results) / n, grad_norm=sum(r.grad_norm for r in results) / n,
+        skipped=any(r.skipped for r in results), fresh_logprobs=[r.old_logprobs for r in rollouts[:num_fresh]],
+        kl=sum(r.kl for r in results) / n, row_clip_count=row_clip, row_ratio_sum=row_ratio, row_tokens=row_tokens,
+        row_gap=row_gap, row_tis=row_tis, rows_skipped=sum(r.rows_skipped for r in results),
+        idle_passes=sum(r.idle_passes for r in results), optimizer_steps=sum(r.optimizer_steps for r in results),
+        scored_tokens=scored_tokens, scored_positions=scored_positions)

@@ -43,11 +43,23 @@ def test_leverage_ablations_change_one_thing() -> None:
     assert no_clip.loss.clip_high >= 1000 and no_clip.loss.clip_low > 0.99 and no_clip.replay.tau_max == 4
 
 
-def test_script_dry_run_prints_both_regimes() -> None:
+def test_script_dry_run_prints_both_regimes_in_seed_lanes() -> None:
     out = subprocess.run(["bash", str(REPO / "scripts" / "toy_experiment.sh"), "--dry-run"], capture_output=True,
-                         text=True, check=True, env={"PATH": "/usr/bin:/bin", "SEEDS": "0,1"}).stdout.splitlines()
+                         text=True, check=True, env={"PATH": "/usr/bin:/bin", "SEEDS": "0,1,2"}).stdout.splitlines()
     trains = [line for line in out if " train --multirun " in line]
-    assert len(trains) == 2 and all("seed=0,1" in t for t in trains)
-    assert "trainer.lr=1e-4" in trains[0] and "experiment=toy_grpo,toy_grpo_2x,toy_naive_replay,toy_replay" in trains[0]
-    assert "trainer.lr=3e-4" in trains[1] and "toy_lev_no_clip" in trains[1]
-    assert sum(" compare " in line and "--baseline experiment=toy_grpo" in line for line in out) == 4
+    assert len(trains) == 4  # 2 regimes x 2 lanes; the seed is the outer sweep
+    assert [t.split(" train --multirun ")[1].split()[0] for t in trains] == ["seed=0,2", "seed=1"] * 2
+    assert all(t.startswith("OMP_NUM_THREADS=1 ") for t in trains)
+    paper, leverage = trains[0], trains[2]
+    assert "trainer.lr=1e-4" in paper
+    assert "experiment=toy_grpo,toy_grpo_mb,toy_grpo_2x,toy_naive_replay,toy_replay " in paper
+    assert "trainer.lr=3e-4" in leverage and "toy_lev_no_clip" in leverage and "toy_grpo_mb" in leverage
+    compares = [line for line in out if " compare " in line]
+    assert len(compares) == 4 and all("--baseline experiment=toy_grpo" in c and "lane0 " in c and "lane1 " in c
+                                      for c in compares)
+    assert sum("--x time" in c for c in compares) == 2
+
+
+def test_mini_batch_arm_is_grpo_with_four_steps() -> None:
+    cfg = arm("toy_grpo_mb")
+    assert cfg.method.name == "grpo" and cfg.trainer.mini_batches == 4 and cfg.trainer.prompts_per_step == 16
