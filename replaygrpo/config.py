@@ -144,9 +144,14 @@ class TrainerConfig:
     """Leave rollouts with advantage 0 out of the forward/backward: with kl_coef 0 their gradient is
     exactly zero; they still count in the loss normaliser, so the step is unchanged."""
     eval_every: int = 20
-    """Toy test accuracy every N steps (and at the start and end); 0 = only start and end."""
+    """In-training eval every N steps (and at the start and end); 0 = only start and end."""
     eval_size: int = 2400
-    """Problems of the toy eval set used at each eval (distinct; ~1 point binomial error at 2,400)."""
+    """Problems of the in-training eval: the toy eval set (distinct; ~1 point binomial error at
+    2,400), or the fixed subset of trainer.eval_benchmark."""
+    eval_benchmark: str | None = None
+    """On real data: a benchmark (math500, aime24, ...) whose fixed subset of trainer.eval_size
+    problems (the same for every run and seed) is evaluated greedily in training, so accuracy-vs-
+    rollouts curves exist at GPU scale; null = no in-training eval. The toy lab always uses its test set."""
     eval_max_new_tokens: int = 48
     """Generation length at the in-training eval."""
     max_bad_steps: int = 5

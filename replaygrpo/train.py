@@ -35,7 +35,7 @@ from replaygrpo import distributed, memplan
 from replaygrpo.checkpoint import resume, save_checkpoint
 from replaygrpo.config import Config
 from replaygrpo.data.prompts import render
-from replaygrpo.data.train_sets import drop_long_prompts, load_train_set, toy_test_set
+from replaygrpo.data.train_sets import drop_long_prompts, heldout_set, load_train_set
 from replaygrpo.grading import GradingPool
 from replaygrpo.methods import with_pi_old
 from replaygrpo.metrics import MetricsLogger, global_metrics, local_numbers, progress_bar, step_metrics
@@ -46,7 +46,7 @@ from replaygrpo.rollout.step import make_rollouts
 from replaygrpo.offload import free_gradients_after_step, offload_optimizer
 from replaygrpo.rundir import claim_run_dir, release_run_dir
 from replaygrpo.sampler import PromptSampler
-from replaygrpo.toyeval import toy_eval
+from replaygrpo.heldout import heldout_eval
 from replaygrpo.update import UpdateOptions, update
 from replaygrpo.variants import resolve as resolve_variants
 
@@ -123,7 +123,9 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     t_cfg, l_cfg, e_cfg = cfg.trainer, cfg.loss, cfg.engine
 
     # --- the policy, its frozen reference (only if KL is on), the data -------------------
-    problems = load_train_set(cfg)  # first: a bad data file should fail before minutes of model loading
+    # Data first: a bad file or name should fail before minutes of model loading.
+    test_problems = heldout_set(cfg)  # the toy test set, a benchmark subset, or none
+    problems = load_train_set(cfg)
     model, tok, base_model = load_policy(cfg)
     eos = end_of_text_id(model, tok)
     distributed.broadcast_weights(model)
@@ -133,12 +135,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     distributed.shard(model, device, torch.bfloat16 if cfg.fsdp.mixed_precision else None)  # fsdp.mixed_precision
     if ref_model is not None:
         distributed.shard(ref_model, device)
-    test_problems = toy_test_set(cfg) if cfg.data.name == "toy" else []
     def encode(ps: list) -> list[list[int]]:
         return [tok(render(cfg.data.template, p.question), add_special_tokens=False)["input_ids"] for p in ps]
 
     # Training prompts over data.max_prompt_tokens are dropped (the memory plan budgets for
-    # no longer); the toy test prompts are short and scored as a whole, never dropped.
+    # no longer); the held-out prompts are never dropped, so every run scores the same set.
     problems, prompt_ids, prompts_dropped = drop_long_prompts(problems, encode(problems), cfg.data.max_prompt_tokens)
     test_prompts = encode(test_problems)
     sampler = PromptSampler(len(problems), seed=cfg.seed)
@@ -179,7 +180,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                keep=cfg.checkpoint.keep)
 
     def evaluate() -> dict[str, float]:
-        return toy_eval(engine, tok, test_prompts, test_problems, grader, t_cfg.eval_max_new_tokens)
+        return heldout_eval(engine, tok, test_prompts, test_problems, grader, t_cfg.eval_max_new_tokens,
+                            per_level=cfg.data.name == "toy")
 
     model.train()
     with grader, _StopFlag() as stop, progress_bar(t_cfg.steps, disable=rank > 0) as progress:
@@ -187,7 +189,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
         if test_problems and state["start_accuracy"] is None:
             state["start_eval"] = evaluate()
             state["start_accuracy"] = state["start_eval"]["eval/accuracy"]
-            log.info("warm-start toy test accuracy: %.3f", state["start_accuracy"])
+            log.info("warm-start held-out accuracy: %.3f", state["start_accuracy"])
         for step in range(state["step"], t_cfg.steps):
             t0 = time.perf_counter()
             # 1-4. Draw B prompts; generate G completions each, grade, group-normalise, one rollout

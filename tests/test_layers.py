@@ -18,7 +18,7 @@ LAYERS = {
     0: {"records", "config", "registry", "jsonl"},
     1: {"grpo", "grading", "data", "distributed", "sampler", "offload"},
     2: {"forward", "model", "toymodel"},
-    3: {"rollout", "replay", "update", "methods", "checkpoint", "rundir", "memplan", "toyeval"},
+    3: {"rollout", "replay", "update", "methods", "checkpoint", "rundir", "memplan", "heldout"},
     4: {"metrics", "variants"},
     5: {"train", "evaluate", "report"},
     6: {"cli", "__main__"},

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from replaygrpo.config import Config
 from replaygrpo.data.problem import Problem
 from replaygrpo.data.toy import eval_set, make_split
@@ -74,6 +76,24 @@ def _load_hub(name: str) -> list[Problem]:
 def toy_test_set(cfg: Config) -> list[Problem]:
     """The toy eval set: min(data.num_test, trainer.eval_size) distinct held-out problems, grouped by level."""
     return eval_set(list(cfg.data.levels), min(cfg.data.num_test, cfg.trainer.eval_size))
+
+
+def heldout_set(cfg: Config) -> list[Problem]:
+    """The in-training eval set: the toy test set; on real data a fixed subset of `trainer.eval_benchmark`
+    (trainer.eval_size problems drawn with seed 0, in file order: the same for every run), or none."""
+    if cfg.data.name == "toy":
+        return toy_test_set(cfg)
+    name = cfg.trainer.eval_benchmark
+    if name is None:
+        return []
+    from replaygrpo.data.benchmarks import HUB, load_benchmark
+
+    if name not in HUB:
+        raise DataError(f"config key `trainer.eval_benchmark` has the bad value {name!r}; allowed: null or one of "
+                        f"{', '.join(HUB)}.")
+    problems = load_benchmark(name, cfg.eval.data_root)
+    keep = np.random.default_rng(0).permutation(len(problems))[:cfg.trainer.eval_size]
+    return [problems[i] for i in sorted(keep.tolist())]
 
 
 def drop_long_prompts(problems: list[Problem], prompt_ids: list[list[int]],

@@ -1,6 +1,7 @@
-"""The toy lab's in-training evaluation: greedy accuracy on distinct held-out problems, per level.
+"""The in-training evaluation: greedy accuracy on held-out problems, per level in the toy lab.
 
-The eval set (replaygrpo.data.toy.eval_set) holds distinct problems, about 2,400 by
+On real data the problems are a fixed subset of a benchmark (`trainer.eval_benchmark`),
+graded as the training reward is. The toy eval set (replaygrpo.data.toy.eval_set) holds distinct problems, about 2,400 by
 default, so one eval's binomial standard error is about one point overall
 (sqrt(0.25 / 2400) = 0.010) and two to three points per level. Problems come grouped by
 level, so a generate batch of short answers stops early instead of waiting for the
@@ -21,10 +22,10 @@ from replaygrpo.records import SamplingParams
 
 
 @torch.no_grad()
-def toy_eval(engine: Any, tok: Any, prompts: list[list[int]], problems: list[Problem], grader: Any,
-             max_new_tokens: int) -> dict[str, float]:
-    """Greedy accuracy (overall and `eval/accuracy/L<n>` per level), mean response tokens and the
-    truncated fraction on the toy eval set; keys are metrics.jsonl's.
+def heldout_eval(engine: Any, tok: Any, prompts: list[list[int]], problems: list[Problem], grader: Any,
+                 max_new_tokens: int, per_level: bool = True) -> dict[str, float]:
+    """Greedy accuracy (overall and, with `per_level` on toy problems, `eval/accuracy/L<n>`), mean
+    response tokens and the truncated fraction; keys are metrics.jsonl's.
 
     Under torchrun each rank takes an equal contiguous share (the list padded with repeats,
     dropped afterwards) and the results are gathered.
@@ -39,7 +40,8 @@ def toy_eval(engine: Any, tok: Any, prompts: list[list[int]], problems: list[Pro
     rows = [x for rank_results in distributed.gather(mine) for x in rank_results][:n]
     by_level: dict[int, list[float]] = defaultdict(list)
     for p, (ok, _, _) in zip(problems, rows):
-        by_level[level_of(p)].append(float(ok))
+        if per_level:
+            by_level[level_of(p)].append(float(ok))
     correct, tokens, truncated = zip(*rows)
     metrics = {"eval/accuracy": float(np.mean(correct))}
     metrics.update({f"eval/accuracy/L{lvl}": float(np.mean(v)) for lvl, v in sorted(by_level.items())})
