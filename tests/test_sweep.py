@@ -171,20 +171,64 @@ def test_optuna_sweeper_composes() -> None:
 
 
 # ---------------------------------------------------------------- scripts
-def test_reproduce_dry_run_lists_every_job(tmp_path: Path) -> None:
+def test_reproduce_dry_run_lists_both_stages(tmp_path: Path) -> None:
     env = {**os.environ, "SEEDS": "0,1", "SWEEP_ROOT": str(tmp_path / "paper")}
     out = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh"), "--dry-run"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    jobs = [x for x in out.stdout.splitlines() if x.startswith("job ")]
-    assert len(jobs) == 3 * 3 * 2
+    lines = out.stdout.splitlines()
+    pilot = [x for x in lines if x.startswith("job pilot ")]
+    grid = [x for x in lines if x.startswith("job grid ")]
+    assert len(pilot) == 2 * 2 and all("0.6b" in j and "eval_after_train=false" in j for j in pilot)
+    assert {j.split("lr=")[1].split()[0] for j in pilot} == {"1e-6", "2.5e-6"}
+    assert len(grid) == 3 * 5 * 2  # sizes x arms x seeds
     assert any("4b" in j and "naive_replay" in j and "seed=1" in j and "experiment=paper_4b_naive_replay" in j
-               for j in jobs)
-    assert "total" in out.stdout.lower() and "GPU-hours" in out.stdout
+               for j in grid)
+    assert any(" grpo_mb " in j and "trainer.mini_batches=4" in j for j in grid)
+    assert any(" grpo_compute " in j and "trainer.steps=625" in j for j in grid)  # replay's GPU-hours: 500 x 1.25
+    assert any(x.startswith("pilot: 4 jobs") and "GPU-hours" in x for x in lines)
+    assert any(x.startswith("grid: 30 jobs") and "GPU-hours" in x for x in lines)
+    assert "pilot_gate.py" in out.stdout
     assert not (tmp_path / "paper").exists()  # nothing launched
-    three = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh")], capture_output=True, text=True,
-                           env={**os.environ, "DRY_RUN": "1"}, timeout=60)
-    assert three.returncode == 0 and sum(x.startswith("job ") for x in three.stdout.splitlines()) == 27
+    default = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh")], capture_output=True, text=True,
+                             env={**os.environ, "DRY_RUN": "1"}, timeout=60)
+    assert default.returncode == 0 and sum(x.startswith("job grid ") for x in default.stdout.splitlines()) == 45
+
+
+def _pilot_run(root: Path, method: str, lr: float, start: float | None, final: float | None, skipped: int = 0) -> None:
+    job = root / f"experiment=paper_0.6b_{method},trainer.lr={lr}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(f"method:\n  name: {method}\ntrainer:\n  lr: {lr}\n  mini_batches: 1\n")
+    (job / "metrics.jsonl").write_text("")
+    if final is not None or start is not None:
+        (job / "summary.json").write_text(json.dumps({"start_accuracy": start, "final_accuracy": final,
+                                                      "skipped_steps": skipped}))
+
+
+def test_pilot_gate_keeps_the_better_rate_where_every_arm_learned(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("pilot_gate", REPO / "scripts" / "pilot_gate.py")
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    main = gate.main
+
+    for method, lr, start, final in [("grpo", 1e-6, 0.30, 0.35), ("replay", 1e-6, 0.30, 0.37),
+                                     ("grpo", 2.5e-6, 0.30, 0.45), ("replay", 2.5e-6, 0.30, 0.44)]:
+        _pilot_run(tmp_path / "ok", method, lr, start, final)
+    assert main([str(tmp_path / "ok")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "lr=2.5e-06"
+    # A diverged (skipped steps) or unfinished pilot job closes the gate, naming the job.
+    for method, lr, start, final, skipped in [("grpo", 1e-6, 0.30, 0.35, 0), ("replay", 1e-6, 0.30, 0.37, 0),
+                                              ("grpo", 2.5e-6, 0.30, 0.45, 3)]:
+        _pilot_run(tmp_path / "bad", method, lr, start, final, skipped)
+    assert main([str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "3 non-finite steps" in err and "no pilot job for replay at lr 2.5e-06" in err
+    # No rate at which every arm improved: closed.
+    for method, lr, start, final in [("grpo", 1e-6, 0.30, 0.29), ("replay", 1e-6, 0.30, 0.37),
+                                     ("grpo", 2.5e-6, 0.30, 0.45), ("replay", 2.5e-6, 0.30, 0.20)]:
+        _pilot_run(tmp_path / "flat", method, lr, start, final)
+    assert main([str(tmp_path / "flat")]) == 1
+    assert "at no learning rate" in capsys.readouterr().err
 
 
 def test_toy_tau_sweep_dry_run() -> None:
