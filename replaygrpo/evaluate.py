@@ -36,7 +36,7 @@ from replaygrpo.data.problem import Problem
 from replaygrpo.data.prompts import render
 from replaygrpo.grading import GraderSettings, GradingPool, extract_answer, grader_settings
 from replaygrpo.model import FINAL_MODEL, stop_token_ids
-from replaygrpo.toymodel import BASES
+from replaygrpo.toymodel import BASES, verify_base
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,15 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     out is `cfg.eval.out`, else `<run>/eval` for a training run dir, else the Hydra run
     dir's `eval/`. Resumes into an existing out dir made with the same settings.
     """
-    if cfg.model.name_or_path == "toy" or cfg.model.name_or_path in BASES:
-        raise EvalError(f"model.name_or_path={cfg.model.name_or_path} names the toy lab's recipe, not a saved "
-                        "model: evaluate a training run dir, a model dir saved with save_pretrained, or a hub id.")
+    if cfg.model.name_or_path == "toy":
+        raise EvalError("model.name_or_path=toy names the toy lab's warm-start recipe (built per machine), not a "
+                        f"saved model: evaluate a shipped toy base ({', '.join(BASES)}), a training run dir, a "
+                        "model dir saved with save_pretrained, or a hub id.")
+    base = None
+    if cfg.model.name_or_path in BASES:  # a shipped toy base: checked against its SHA-256, then loaded from its dir
+        path, digest = verify_base(cfg.model.name_or_path)
+        base = {"name": cfg.model.name_or_path, "sha256": digest}
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=str(path)))
     out = _out_dir(cfg)
     _ensure_writable(out)
     settings = eval_settings(cfg)
@@ -301,6 +307,8 @@ def run_eval(cfg: Config) -> dict[str, Any]:
         log.info("%s: accuracy %.4f pass@%d %.4f (%d problems)", name, summaries[name]["accuracy"], k,
                  summaries[name]["pass_at_k"], summaries[name]["n"])
     results = build_results(settings, summaries)
+    if base is not None:
+        results["base_model"] = base
     _atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     return results
 
@@ -382,5 +390,7 @@ def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0, grader:
             _atomic_write(path, _jsonl(records))
             summaries[name] = summarize(records, samples_per_problem(settings, name), settings.get("pass_k", ()))
     results = build_results(settings, summaries)
+    if base is not None:
+        results["base_model"] = base
     _atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     return results

@@ -165,11 +165,16 @@ def test_regrade_under_another_grader_profile(toy_model_dir: Path, tmp_path: Pat
         regrade(out, workers=0, grader="nope")
 
 
-def test_toy_model_name_is_refused(tmp_path: Path) -> None:
+def test_toy_recipe_is_refused_and_a_shipped_base_is_evaluated_by_name(tmp_path: Path) -> None:
     cfg = Config()
-    cfg.eval.out = str(tmp_path)
-    with pytest.raises(EvalError, match="toy lab's recipe"):
+    cfg.model.name_or_path, cfg.eval.out = "toy", str(tmp_path / "recipe")
+    with pytest.raises(EvalError, match="toy lab's warm-start recipe.*toy-strong"):
         run_eval(cfg)
+    cfg = _cfg(Path("toy-weak"), tmp_path / "weak", ["toy"], limit=8, k=1, temperature=0.0, max_new_tokens=48)
+    cfg.model.name_or_path = "toy-weak"
+    results = run_eval(cfg)
+    assert results["base_model"]["name"] == "toy-weak" and len(results["base_model"]["sha256"]) == 64
+    assert results["benchmarks"]["toy"]["n"] == 8 and 0 < results["benchmarks"]["toy"]["accuracy"] <= 1
 
 
 def test_unwritable_out_dir(toy_model_dir: Path, tmp_path: Path) -> None:
