@@ -21,7 +21,7 @@ LAYERS = {
     3: {"rollout", "replay", "update", "methods", "checkpoint", "rundir", "memplan", "heldout"},
     4: {"metrics", "variants"},
     5: {"train", "evaluate", "report"},
-    6: {"cli", "__main__"},
+    6: {"cli", "cli_common", "cli_tools", "cli_after_train", "__main__"},
 }
 LEVEL = {name: level for level, names in LAYERS.items() for name in names}
 
