@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,53 +15,22 @@ from typing import Annotated, Optional
 import hydra
 import typer
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from replaygrpo.config import Config, ConfigError, register_configs
+from replaygrpo.cli_after_train import eval_after_train
+from replaygrpo.cli_common import CONF_DIR, HYDRA_ARGS, fail, to_config, user_errors
+from replaygrpo.cli_tools import config_app, plan, toy_base_app
+from replaygrpo.config import register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+__all__ = ["CONF_DIR", "app", "eval_after_train", "main", "validate_sweep"]
 
 app = typer.Typer(
     help="Rollout-level advantage-prioritised experience replay for GRPO: train, eval, table, plot.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-config_app = typer.Typer(help="Inspect the composed config.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-toy_base_app = typer.Typer(help="The toy lab's shipped base models: build, verify.", no_args_is_help=True)
 app.add_typer(toy_base_app, name="toy-base")
 register_configs()
 log = logging.getLogger("replaygrpo")
-
-
-def to_config(dcfg: DictConfig) -> Config:
-    """The schema's checks, then the registered variants' (imported here: they load torch)."""
-    from replaygrpo.variants import load_config
-
-    return load_config(dcfg)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from replaygrpo.data.train_sets import DataError
-    from replaygrpo.model import ModelLoadError
-    from replaygrpo.checkpoint import CheckpointError
-    from replaygrpo.rundir import RunDirError
-    from replaygrpo.train import Interrupted, TrainingDiverged
-    from replaygrpo.toymodel import ToyBaseError
-
-    errors: list[type[BaseException]] = [ConfigError, DataError, ModelLoadError, RunDirError, CheckpointError,
-                                         Interrupted, TrainingDiverged, ToyBaseError]
-    try:
-        from replaygrpo.evaluate import EvalError
-
-        errors.append(EvalError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise SystemExit(code)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
@@ -90,7 +57,7 @@ def _train_app(dcfg: DictConfig) -> float | None:
 
         if isinstance(err, Interrupted):  # pre-empted: checkpointed, stop the whole sweep
             fail(str(err))
-        known = isinstance(err, _user_errors())
+        known = isinstance(err, user_errors())
         (run_dir / ".failed").write_text(f"{type(err).__name__}: {err}\n")
         # One rank of several must not return quietly: its peers would wait in their next
         # collective until the timeout. Its non-zero exit ends the job (SLURM_KILL_BAD_EXIT).
@@ -107,41 +74,6 @@ def _train_app(dcfg: DictConfig) -> float | None:
                    f"({summary['steps']} steps, {summary['rollouts_generated']} rollouts)")
     typer.echo(f"run directory: {summary['run_dir']}")
     return run_headline(run_dir)
-
-
-TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _quote(value: str) -> str:
-    """A Hydra override value taken literally (paths may hold `,`, `=`, `:` or spaces)."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-def eval_after_train(run_dir: Path, out: str, overrides: list[str]) -> None:
-    """`replaygrpo eval` of the run's final model in a process of its own, with the run's
-    overrides (hence its eval.* settings). Its own process gets the whole GPU: the training
-    engine's memory, CUDA context and vLLM's process-wide state are gone, and its vLLM engine
-    is the process's only one (vLLM allows one sleep-mode engine per process)."""
-    from replaygrpo.evaluate import EvalError
-
-    replaced = ("model.name_or_path", "eval.out", "hydra.run.dir")
-    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced]
-    cmd = [sys.executable, "-m", "replaygrpo", "eval", *keep, f"model.name_or_path={_quote(str(run_dir))}",
-           f"eval.out={_quote(out)}", f"hydra.run.dir={_quote(str(Path(out) / 'hydra'))}"]
-    # A single process, whatever launched training (torchrun's rank 0 gets here alone).
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():  # what this process still caches, back to the GPU
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
-    log.info("evaluating the final model in a new process: %s", " ".join(cmd))
-    code = subprocess.run(cmd, env=env).returncode
-    if code != 0:
-        raise EvalError(f"evaluation after training (eval_after_train=true) exited with {code}; rerun it "
-                        f"with: replaygrpo {shlex.join(cmd[3:])}")
 
 
 def validate_sweep(args: list[str]) -> int:
@@ -181,7 +113,7 @@ def _eval_app(dcfg: DictConfig) -> None:
         if cfg.eval.out is None:
             cfg.eval.out = _default_eval_out(cfg.model.name_or_path)
         results = run_eval(cfg)
-    except _user_errors() as err:
+    except user_errors() as err:
         fail(str(err))
     typer.echo(f"average accuracy {results['average']['accuracy']:.4f} -> {cfg.eval.out}")
 
@@ -245,7 +177,7 @@ def regrade(
 
     try:
         results = do_regrade(out, workers, timeout, grader)
-    except _user_errors() as err:
+    except user_errors() as err:
         fail(str(err))
     typer.echo(f"average accuracy {results['average']['accuracy']:.4f}")
 
@@ -338,79 +270,8 @@ def compare(
         typer.echo(str(out))
 
 
-@toy_base_app.command("build")
-def toy_base_build(names: Annotated[Optional[list[str]], typer.Argument(
-        help="Bases to (re)build (default: all of replaygrpo.toymodel.BASES).")] = None) -> None:
-    """Train shipped toy bases from their recipes into replaygrpo/toybase/NAME and record their SHA-256s.
-
-    Changes the lab's base models: commit the new files and manifest together."""
-    from replaygrpo.toymodel import BASES, ToyBaseError, build_bases
-
-    try:
-        entries = build_bases(names or list(BASES))
-    except ToyBaseError as err:
-        fail(str(err))
-    for name, entry in entries.items():
-        typer.echo(f"{name}: sha256 {entry['sha256']}")
-
-
-@toy_base_app.command("verify")
-def toy_base_verify(names: Annotated[Optional[list[str]], typer.Argument(help="Bases to check (default: all).")] = None) -> None:
-    """Check shipped toy bases against the SHA-256s in replaygrpo/toybase/manifest.json."""
-    from replaygrpo.toymodel import ToyBaseError, read_manifest, verify_base
-
-    for name in names or sorted(read_manifest()):
-        try:
-            _, digest = verify_base(name)
-        except ToyBaseError as err:
-            fail(str(err))
-        typer.echo(f"{name}: ok, sha256 {digest}")
-
-
-@config_app.command("show", context_settings=HYDRA_ARGS)
-def config_show(ctx: typer.Context) -> None:
-    """Print the composed config for Hydra OVERRIDES (validated), e.g. `config show method=replay`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-            dcfg = compose(config_name="config", overrides=list(ctx.args))
-        to_config(dcfg)
-    except (HydraException, ConfigError) as err:
-        fail(str(err).strip())
-    except Exception as err:  # OmegaConf validation errors name the key
-        fail(f"{type(err).__name__}: {err}")
-    typer.echo(OmegaConf.to_yaml(dcfg))
-
-
-@app.command("plan", context_settings=HYDRA_ARGS)
-def plan(
-    ctx: typer.Context,
-    world_size: Annotated[Optional[int], typer.Option(help="Ranks (torchrun processes); default WORLD_SIZE or 1.")] = None,
-    gpu_memory_gb: Annotated[Optional[float], typer.Option(help="GB per GPU; default plan.gpu_memory_gb.")] = None,
-) -> None:
-    """Per-GPU memory budget of the config for Hydra OVERRIDES (e.g. `plan experiment=paper_4b_replay
-    --world-size 2`): weights, gradients, optimiser, activations, logits, KV cache, sync, per phase.
-    Exits 2 naming the key to change when it cannot fit."""
-    from unittest.mock import patch
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    from replaygrpo.memplan import make_plan
-
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    try:  # validated for that world size (prompts_per_step must divide by it)
-        with patch.dict(os.environ, {"WORLD_SIZE": str(world)}), \
-                initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-            cfg = to_config(compose(config_name="config", overrides=list(ctx.args)))
-        result = make_plan(cfg, world, gpu_memory_gb)
-    except (HydraException, ConfigError) as err:
-        fail(str(err).strip())
-    typer.echo(result.render())
-    if not result.fits:
-        fail(f"does not fit: {result.fix}")
+# `plan` lives in cli_tools.py; registered here, after `compare`, where `--help` lists it.
+app.command("plan", context_settings=HYDRA_ARGS)(plan)
 
 
 def main() -> None:

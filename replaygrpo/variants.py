@@ -6,7 +6,7 @@ here, where it is looked up, with a ConfigError naming the key: `method.name`
 (`methods.METHODS`), `engine.name` and `eval.engine` (`rollout.ENGINES`), `loss.agg`
 (`grpo.LOSS_AGGS`), `loss.adv_scale` (`grpo.ADVANTAGE_SCALES`), the prompt templates
 (`data.prompts.TEMPLATES`) and the toy levels (`data.toy.LEVELS`). The CLI runs
-`load_config` (= `config.to_config` + `resolve`) wherever it composes a config.
+`load_config` (= `validation.to_config` + `resolve`) wherever it composes a config.
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from replaygrpo.config import Config, ConfigError, to_config
+from replaygrpo.config import Config, ConfigError
 from replaygrpo.data.prompts import TEMPLATES
 from replaygrpo.data.toy import LEVELS
 from replaygrpo.grpo import ADVANTAGE_SCALES, LOSS_AGGS, Aggregation
 from replaygrpo.methods import METHODS, Method
 from replaygrpo.rollout import ENGINES
 from replaygrpo.rollout.engine import EngineEntry
+from replaygrpo.validation import to_config
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def resolve(cfg: Config) -> Variants:
 
 
 def load_config(cfg: DictConfig | Config) -> Config:
-    """`config.to_config` (schema, ranges, cross-field rules), then `resolve`: the whole check."""
+    """`validation.to_config` (schema, ranges, cross-field rules), then `resolve`: the whole check."""
     out = to_config(cfg)
     resolve(out)
     return out

@@ -86,8 +86,9 @@ def warm_start_dir(overrides: list[str]) -> Path:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from replaygrpo.config import register_configs, to_config
+    from replaygrpo.config import register_configs
     from replaygrpo.toymodel import warm_start
+    from replaygrpo.validation import to_config
 
     register_configs()
     GlobalHydra.instance().clear()

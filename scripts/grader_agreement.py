@@ -45,16 +45,16 @@ AMBIGUOUS = None  # label of a rewrite a marker could accept or reject
 
 
 def _num(gold: str) -> tuple[Fraction, bool] | None:
-    from replaygrpo.grading.equivalence import to_number
     from replaygrpo.grading.extract import normalize
+    from replaygrpo.grading.numbers import to_number
 
     return to_number(normalize(gold))
 
 
 def _top_items(s: str) -> list[str]:
-    from replaygrpo.grading.equivalence import _split_top
+    from replaygrpo.grading.lists import split_top
 
-    return [x.strip() for x in _split_top(s)]
+    return [x.strip() for x in split_top(s)]
 
 
 def _pick(gold: str, options: tuple[str, ...]) -> str:

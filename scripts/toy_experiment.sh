@@ -39,7 +39,6 @@ ROOT="${ROOT:-multirun/toy_experiment}"
 OUT="${OUT:-docs/results}"
 MARGIN="${MARGIN:-0.02}"
 REGIMES="${REGIMES:-paper leverage}"
-if command -v replaygrpo >/dev/null; then RG=replaygrpo; else RG=.venv/bin/replaygrpo; fi
 
 declare -A ARMS LR
 ARMS[paper]="toy_grpo,toy_grpo_mb,toy_grpo_2x,toy_naive_replay,toy_replay"

@@ -28,7 +28,6 @@ TAUS="${TAUS:-0,1,2,4,8,null}"
 SWEEP_DIR="${SWEEP_DIR:-multirun/toy_tau_sweep}"
 OUT="${OUT:-docs/results}"
 WINDOW="${WINDOW:-}"
-if command -v replaygrpo >/dev/null; then RG=replaygrpo; else RG=.venv/bin/replaygrpo; fi
 
 TRAIN=("$RG" train --multirun method=replay "replay.tau_max=$TAUS" "seed=$SEEDS" "trainer.steps=$STEPS" trainer.eval_every=10
        "hydra.sweep.dir=$SWEEP_DIR" ${EXTRA[@]+"${EXTRA[@]}"})

@@ -2,8 +2,8 @@
 code outside the schema. A documented key that nothing reads is a promise nothing keeps.
 
 "Read" is an attribute access `.field` or a string naming it ("field" or "section.field",
-for code that reads keys by name) in the package, outside config.py (whose validation does
-not act on a key) and outside memplan.py (the memory plan budgets for what a key promises,
+for code that reads keys by name) in the package, outside config.py and validation.py (the
+schema and its checks do not act on a key) and outside memplan.py (the memory plan budgets for what a key promises,
 e.g. a prompt-length bound; it keeps no promise itself). An AST scan, so comments and
 docstrings do not count.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import replaygrpo.config as config_module
 
 PACKAGE = Path(config_module.__file__).parent
-NOT_READERS = {PACKAGE / "config.py", PACKAGE / "memplan.py"}
+NOT_READERS = {PACKAGE / "config.py", PACKAGE / "validation.py", PACKAGE / "memplan.py"}
 
 ALLOWED: dict[str, str] = {
     "plan.gpu_memory_gb": "the memory plan's own input: memplan.py is its reader",

@@ -278,7 +278,8 @@ def test_a_sharded_checkpoint_without_buffers_resumes_on_one_process(tmp_path):
 
 
 def test_prompts_per_step_must_divide_by_world_size(monkeypatch):
-    from replaygrpo.config import Config, ConfigError, validate
+    from replaygrpo.config import Config, ConfigError
+    from replaygrpo.validation import validate
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     cfg = Config()

@@ -5,7 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from replaygrpo.cli import CONF_DIR
-from replaygrpo.config import Config, ConfigError, to_config
+from replaygrpo.config import Config, ConfigError
+from replaygrpo.validation import to_config
 
 
 def test_paper_presets_use_per_benchmark_sample_counts() -> None:

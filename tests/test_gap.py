@@ -3,24 +3,19 @@ samples from the trainer's own module; clearly visible with a shifted or a stale
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import replaygrpo.train
-from replaygrpo.cli import app
 from replaygrpo.grpo import logprob_gap
 from replaygrpo.records import UpdateBatch
 from replaygrpo.update import UpdateOptions, update_step
-from tests.conftest import toy_overrides
+from tests.conftest import train_toy
 from tests.test_tis import SHIFT, rollouts, tiny_model
-
-runner = CliRunner()
 
 
 def test_logprob_gap_by_hand():
@@ -58,14 +53,8 @@ def test_replayed_rows_are_measured_only_where_engine_logprobs_are_known():
     assert update(bare, 0, old_logprobs="engine").row_gap[3].sum() > 0  # old_logprobs are the engine's
 
 
-def train_rows(tmp_path: Path, *overrides: str) -> list[dict]:
-    out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={tmp_path}", *overrides)])
-    assert out.exit_code == 0, out.output
-    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_hf_engine_gap_is_zero_and_tis_is_logged_by_age(tmp_path):
-    rows = train_rows(tmp_path, "method=replay", "loss.tis_cap=2.0", "trainer.steps=3", "trainer.prompts_per_step=8")
+    rows = train_toy(tmp_path, "method=replay", "loss.tis_cap=2.0", "trainer.steps=3", "trainer.prompts_per_step=8")
     for r in rows:
         assert r["gap/mean_abs"] < 1e-5 and r["gap/max_abs"] < 1e-4 and abs(r["gap/kl"]) < 1e-8, r
         # With the HF engine behaviour == pi_old on fresh rows: weight 1, nothing truncated.
@@ -91,6 +80,6 @@ def test_stale_engine_shows_in_the_gap(tmp_path, monkeypatch):
         return engine
 
     monkeypatch.setattr(replaygrpo.train, "build_engine", stale)
-    rows = train_rows(tmp_path, "trainer.steps=3", "trainer.lr=1e-3")
+    rows = train_toy(tmp_path, "trainer.steps=3", "trainer.lr=1e-3")
     assert rows[0]["gap/mean_abs"] < 1e-5
     assert all(r["gap/mean_abs"] > 1e-3 and r["gap/kl"] > 1e-6 for r in rows[1:]), rows

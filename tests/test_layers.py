@@ -15,13 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "replaygrpo"
 # Top-level modules and subpackages, bottom (0) to top; a module may import its own
 # package, the same layer or a lower one.
 LAYERS = {
-    0: {"records", "config", "registry", "jsonl"},
+    0: {"records", "config", "validation", "registry", "jsonl"},
     1: {"grpo", "grading", "data", "distributed", "sampler", "offload"},
     2: {"forward", "model", "toymodel"},
     3: {"rollout", "replay", "update", "methods", "checkpoint", "rundir", "memplan", "heldout"},
     4: {"metrics", "variants"},
     5: {"train", "evaluate", "report"},
-    6: {"cli", "__main__"},
+    6: {"cli", "cli_common", "cli_tools", "cli_after_train", "__main__"},
 }
 LEVEL = {name: level for level, names in LAYERS.items() for name in names}
 

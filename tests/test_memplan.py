@@ -28,7 +28,7 @@ def compose(*overrides: str, world: int = 1):
 
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from replaygrpo.config import to_config
+    from replaygrpo.validation import to_config
 
     with patch.dict(os.environ, {"WORLD_SIZE": str(world)}), initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return to_config(hydra_compose(config_name="config", overrides=list(overrides)))

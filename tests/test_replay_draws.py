@@ -22,6 +22,19 @@ from replaygrpo.replay.buffer import BaseReplayBuffer
 GROUP_SIZES = [3, 5, 8, 1, 6, 4]
 
 
+def _group(advantages: list[float], prompt: torch.Tensor, uid: int, step: int, group_id: int) -> list[Rollout]:
+    """One group's rollouts, numbered from `uid` (kept in `prompt_id`); each one's completion
+    ids and old log-probs are derived from its number, so a drawn rollout can be checked."""
+    out = []
+    for a in advantages:
+        n = 1 + uid % 4
+        out.append(Rollout(prompt_ids=prompt, completion_ids=torch.full((n,), uid, dtype=torch.int32),
+                           old_logprobs=torch.full((n,), -uid / 8), reward=float(a > 0), advantage=a,
+                           birth_step=step, prompt_id=uid, group_id=group_id))
+        uid += 1
+    return out
+
+
 def _step_rollouts(step: int, uid: int, gen: torch.Generator) -> list[Rollout]:
     """Three groups of varying size; some advantages 0 (not stored by the paper's buffer)."""
     out = []
@@ -30,12 +43,7 @@ def _step_rollouts(step: int, uid: int, gen: torch.Generator) -> list[Rollout]:
         adv = torch.randn(size, generator=gen, dtype=torch.float64)
         adv[torch.rand(size, generator=gen) < 0.2] = 0.0
         prompt = torch.full((2 + j,), 7 * step + j, dtype=torch.int32)
-        for a in adv.tolist():
-            n = 1 + uid % 4
-            out.append(Rollout(prompt_ids=prompt, completion_ids=torch.full((n,), uid, dtype=torch.int32),
-                               old_logprobs=torch.full((n,), -uid / 8), reward=float(a > 0), advantage=a,
-                               birth_step=step, prompt_id=uid, group_id=3 * step + j))
-            uid += 1
+        out += _group(adv.tolist(), prompt, uid + len(out), step, 3 * step + j)
     return out
 
 
@@ -129,14 +137,11 @@ def test_same_draws_as_before_at_scale() -> None:
     gen = torch.Generator().manual_seed(3)
     uid = 0
     for step in range(4):
-        batch = []
+        batch: list[Rollout] = []
         for g in range(25):
-            for a in torch.randn(8, generator=gen, dtype=torch.float64).tolist():
-                batch.append(Rollout(prompt_ids=torch.tensor([g + 1], dtype=torch.int32),
-                                     completion_ids=torch.tensor([uid], dtype=torch.int32),
-                                     old_logprobs=torch.zeros(1), reward=0.0, advantage=a, birth_step=step,
-                                     prompt_id=uid, group_id=25 * step + g))
-                uid += 1
+            adv = torch.randn(8, generator=gen, dtype=torch.float64).tolist()
+            batch += _group(adv, torch.tensor([g + 1], dtype=torch.int32), uid + len(batch), step, 25 * step + g)
+        uid += len(batch)
         buf.add(batch)
     drawn = [[r.prompt_id for r in buf.sample(64, 4, gen)] for _ in range(3)]
     assert drawn == EXPECTED_AT_SCALE

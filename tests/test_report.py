@@ -9,12 +9,27 @@ from pathlib import Path
 import pytest
 
 from replaygrpo.evaluate import build_results, summarize
+from replaygrpo.report import mean_std
 from replaygrpo.report.aes import AESError, aes, aes_of_average, aes_per_benchmark, mean_aes
 from replaygrpo.report.plot import make_plots
 from replaygrpo.report.table import MixedSettingsError, TableError, make_table
 
 GRADER = {"rel_tol": 1e-06, "exact_integers": True, "percent": "sign", "fallback": "math", "join_boxes": True,
           "item_tolerance": True}
+
+
+# ---------------------------------------------------------------- seed statistics
+def test_mean_std_nan_policies() -> None:
+    nan = float("nan")
+    # mean 2, sample std sqrt(((1-2)^2 + (3-2)^2) / 1) = sqrt(2)
+    assert mean_std([1.0, 3.0], nan="propagate") == pytest.approx((2.0, 2 ** 0.5))
+    assert mean_std([1.0, nan, 3.0], nan="omit") == pytest.approx((2.0, 2 ** 0.5))
+    assert all(x != x for x in mean_std([1.0, nan, 3.0], nan="propagate"))  # both nan
+    mean, std = mean_std([5.0, nan], nan="omit")  # one value left: no std
+    assert mean == 5.0 and std != std
+    assert all(x != x for x in mean_std([], nan="omit"))
+    with pytest.raises(ValueError, match="nan policy 'skip'"):
+        mean_std([1.0], nan="skip")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- AES

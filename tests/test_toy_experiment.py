@@ -6,8 +6,9 @@ import subprocess
 import pytest
 from hydra import compose, initialize_config_dir
 
-from replaygrpo.config import register_configs, to_config
+from replaygrpo.config import register_configs
 from replaygrpo.methods import METHODS
+from replaygrpo.validation import to_config
 from tests.conftest import REPO
 
 

@@ -1,26 +1,13 @@
 """The loop end to end on the toy lab: replay's invariants read back from metrics.jsonl."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from typer.testing import CliRunner
 
-from replaygrpo.cli import app
-from tests.conftest import toy_overrides
-
-runner = CliRunner()
-
-
-def run(tmp_path: Path, *overrides: str) -> list[dict]:
-    out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={tmp_path}", *overrides)])
-    assert out.exit_code == 0, out.output
-    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+from tests.conftest import train_toy
 
 
 def test_replay_respects_age_bound_and_replays(tmp_path):
-    rows = run(tmp_path, "method=replay", "replay.tau_max=2", "trainer.steps=6", "trainer.prompts_per_step=8")
+    rows = train_toy(tmp_path, "method=replay", "replay.tau_max=2", "trainer.steps=6", "trainer.prompts_per_step=8")
     for r in rows:
         assert r["replay/age_max"] <= 2
         assert sum(r["replay/age_hist"]) == r["batch/n_fresh"] + r["batch/n_replay"]
@@ -36,19 +23,19 @@ def test_replay_respects_age_bound_and_replays(tmp_path):
 
 
 def test_tau_zero_never_replays(tmp_path):
-    rows = run(tmp_path, "method=replay", "replay.tau_max=0", "trainer.steps=3")
+    rows = train_toy(tmp_path, "method=replay", "replay.tau_max=0", "trainer.steps=3")
     assert all(r["batch/n_replay"] == 0 for r in rows)
 
 
 def test_displacing_replay_keeps_batch_size(tmp_path):
-    rows = run(tmp_path, "method=replay", "replay.anchor=false", "replay.replay_ratio=0.5", "trainer.steps=4")
+    rows = train_toy(tmp_path, "method=replay", "replay.anchor=false", "replay.replay_ratio=0.5", "trainer.steps=4")
     for r in rows:
         assert r["batch/n_fresh"] + r["batch/n_replay"] == 16
     assert any(r["batch/n_replay"] > 0 for r in rows)
 
 
 def test_naive_replay_runs_whole_groups(tmp_path):
-    rows = run(tmp_path, "method=naive_replay", "replay.capacity=64", "trainer.steps=4")
+    rows = train_toy(tmp_path, "method=naive_replay", "replay.capacity=64", "trainer.steps=4")
     assert all(r["buffer/size"] <= 64 for r in rows)
     assert any(r["batch/n_replay"] > 0 for r in rows[1:])
 
@@ -59,7 +46,7 @@ def test_naive_replay_runs_whole_groups(tmp_path):
     ("method=replay", "loss.agg=seq_mean_token_sum", "loss.adv_scale=none", "loss.kl_coef=0.1"),
 ])
 def test_switches_run_end_to_end(tmp_path, overrides):
-    rows = run(tmp_path, *overrides, "trainer.steps=3")
+    rows = train_toy(tmp_path, *overrides, "trainer.steps=3")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["loss/skipped"] == 0 for r in rows)
     if "loss.kl_coef=0.1" in overrides:

@@ -195,7 +195,7 @@ def test_vllm_kwargs_follow_the_settings():
 
 
 def test_eval_after_train_runs_in_its_own_process(monkeypatch, tmp_path):
-    from replaygrpo import cli
+    from replaygrpo import cli_after_train
     from replaygrpo.evaluate import EvalError
 
     seen = {}
@@ -204,12 +204,12 @@ def test_eval_after_train_runs_in_its_own_process(monkeypatch, tmp_path):
         seen.update(cmd=cmd, env=env)
         return subprocess.CompletedProcess(cmd, seen.get("code", 0))
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(cli_after_train.subprocess, "run", fake_run)
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "29500"), ("KEEP_ME", "1")):
         monkeypatch.setenv(k, v)
     run = tmp_path / "run, 1"
-    cli.eval_after_train(run, str(run / "eval"), ["experiment=x", "model.name_or_path=Qwen/Qwen3-1.7B-Base",
-                                                  "eval.limit=4", "+eval.out=/elsewhere"])
+    cli_after_train.eval_after_train(run, str(run / "eval"), ["experiment=x", "model.name_or_path=Qwen/Qwen3-1.7B-Base",
+                                                              "eval.limit=4", "+eval.out=/elsewhere"])
     cmd = seen["cmd"]
     assert cmd[1:4] == ["-m", "replaygrpo", "eval"]
     assert "experiment=x" in cmd and "eval.limit=4" in cmd
@@ -219,4 +219,4 @@ def test_eval_after_train_runs_in_its_own_process(monkeypatch, tmp_path):
     assert seen["env"]["KEEP_ME"] == "1"
     seen["code"] = 3
     with pytest.raises(EvalError, match="exited with 3"):
-        cli.eval_after_train(run, str(run / "eval"), [])
+        cli_after_train.eval_after_train(run, str(run / "eval"), [])

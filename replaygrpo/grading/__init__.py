@@ -6,7 +6,8 @@ and math-verify under a hard time limit. ``GradingPool`` does the same for many 
 in killable worker processes. ``GraderSettings`` and ``PROFILES`` (``default``,
 ``qwen_math``) fix tolerance, percent handling and the no-box fallback.
 
-Modules, lowest first: ``settings``, ``extract`` -> ``equivalence`` -> ``pool`` -> ``grader``.
+Modules, lowest first: ``settings``, ``extract`` -> ``numbers`` -> ``lists`` -> ``equivalence``
+-> ``pool`` -> ``grader``.
 """
 from replaygrpo.grading.extract import extract_answer, normalize
 from replaygrpo.grading.grader import equivalent, grade

@@ -3,7 +3,8 @@
 1. ``normalize`` (``extract.py``): rewrites that make most correct answers identical to
    the gold string (units, ``\\text{}``, ``\\left``, ``\\dfrac``, ``x =``, ...).
 2. ``fast_equivalent``: exact match, then plain numbers (ints, decimals, ``e`` notation,
-   ``a \\times 10^{b}``, ``\\frac{a}{b}``) and flat lists of them, as Fractions.
+   ``a \\times 10^{b}``, ``\\frac{a}{b}``; ``numbers.py``) and flat lists of them
+   (``lists.py``), as Fractions.
 3. ``numerically_different``: a tiny LaTeX evaluator at a probe point; a clear
    difference proves two answers different. Most wrong answers stop here, which
    matters because math-verify's ANTLR parser costs ~10 ms per new string.
@@ -28,145 +29,14 @@ import cmath
 import math
 import re
 import zlib
-from fractions import Fraction
 
 from replaygrpo.grading.extract import MAX_LEN, is_safe_for_sympy, normalize
+from replaygrpo.grading.lists import enclosed, number_list, same_items, split_top
+from replaygrpo.grading.numbers import DEFAULT, numbers_equal, percent_equal, to_number
 from replaygrpo.grading.settings import GraderSettings
 
-DEFAULT = GraderSettings()
-_MAX_EXP_DIGITS = 3  # 10^{999} is fine for Fractions; 10^{10000} is refused
-
 # ---------------------------------------------------------------- tier 2: fast paths
-_NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"  # unambiguous: no backtracking
-_PLAIN = re.compile(_NUM)
-_SCI = re.compile(r"(" + _NUM + r")(?:\\times|\\cdot|\*|x)10\^\{?([+-]?\d+)\}?")
-_POW10 = re.compile(r"10\^\{?([+-]?\d+)\}?")
-_FRAC = re.compile(r"([+-]?)\\frac\{(" + _NUM + r")\}\{(" + _NUM + r")\}")
-_SLASH = re.compile(r"(" + _NUM + r")/(" + _NUM + r")")
 _BASE_NUMERAL = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")  # `52_8`, `4210_{5}`
-
-
-def _literal(text: str) -> tuple[Fraction, bool] | None:
-    """Exact value of a plain number and whether it was written exactly."""
-    mant, exp = text, 0
-    if "e" in text or "E" in text:
-        mant, _, e = text.lower().partition("e")
-        exp = int(e)
-    if len(mant) > 200 or abs(exp) >= 10**_MAX_EXP_DIGITS:
-        return None
-    value = Fraction(mant) * Fraction(10) ** exp
-    decimals = mant.partition(".")[2]
-    exact = exp == 0 and decimals.strip("0") == ""
-    return value, exact
-
-
-def to_number(s: str) -> tuple[Fraction, bool] | None:
-    """(value, written_exactly) for a plain number in any common notation, else None."""
-    try:
-        if _PLAIN.fullmatch(s):
-            return _literal(s)
-        m = _SCI.fullmatch(s)
-        if m:
-            lit = _literal(m.group(1))
-            exp = int(m.group(2))
-            if lit is None or abs(exp) >= 10**_MAX_EXP_DIGITS:
-                return None
-            return lit[0] * Fraction(10) ** exp, False
-        m = _POW10.fullmatch(s)
-        if m and abs(int(m.group(1))) < 10**_MAX_EXP_DIGITS:
-            return Fraction(10) ** int(m.group(1)), True
-        m = _FRAC.fullmatch(s) or _SLASH.fullmatch(s)
-        if m:
-            sign = -1 if m.re is _FRAC and m.group(1) == "-" else 1
-            num, den = _literal(m.group(m.lastindex - 1)), _literal(m.group(m.lastindex))
-            if num is None or den is None or den[0] == 0:
-                return None
-            return sign * num[0] / den[0], num[1] and den[1]
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-    return None
-
-
-def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool], settings: GraderSettings = DEFAULT,
-                  abs_tol: float | None = None) -> bool:
-    """Equal values, or within the item's absolute tolerance, or (unless both are written
-    exactly and ``exact_integers`` holds) within ``rel_tol``."""
-    if a[0] == b[0]:
-        return True
-    if abs_tol is not None and abs(a[0] - b[0]) <= Fraction(abs_tol):
-        return True
-    if a[1] and b[1] and settings.exact_integers:
-        return False  # both written exactly (ints, fractions): no tolerance
-    return abs(a[0] - b[0]) <= Fraction(settings.rel_tol) * max(abs(a[0]), abs(b[0]))
-
-
-def _scaled(x: tuple[Fraction, bool], factor: Fraction) -> tuple[Fraction, bool]:
-    return x[0] * factor, x[1]
-
-
-def percent_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool], settings: GraderSettings,
-                  abs_tol: float | None, has_percent: bool) -> bool:
-    """numbers_equal, also at a x100 scale where a percent sign allows it (``settings.percent``)."""
-    if numbers_equal(a, b, settings, abs_tol):
-        return True
-    if not has_percent and settings.percent != "harness":
-        return False
-    hundred = Fraction(100)
-    return numbers_equal(a, _scaled(b, 1 / hundred), settings) or numbers_equal(a, _scaled(b, hundred), settings)
-
-
-def _split_top(s: str) -> list[str]:
-    """Split on commas at bracket depth 0."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(s):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(s[start:i])
-            start = i + 1
-    parts.append(s[start:])
-    return parts
-
-
-def _enclosed(s: str) -> bool:
-    """`(...)` or `[...)` etc. whose first bracket closes only at the end: not `(1),(2)`."""
-    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
-        return False
-    depth = 0
-    for ch in s[:-1]:
-        depth += (ch in "([{") - (ch in ")]}")
-        if depth == 0:
-            return False
-    return True
-
-
-def _number_list(s: str) -> tuple[str, list[tuple[Fraction, bool]]] | None:
-    """Brackets + values for `1,2`, `(1, 2)`, `[1,2)`; None unless every item is a number."""
-    brackets = ""
-    if _enclosed(s):
-        brackets, s = s[0] + s[-1], s[1:-1]
-    items = _split_top(s)
-    if len(items) < 2 and not brackets:
-        return None
-    values = [to_number(x) for x in items]
-    if any(v is None for v in values):
-        return None
-    return brackets, values  # type: ignore[return-value]
-
-
-def _same_items(pred: str, gold: str) -> bool | None:
-    """True when both are bare lists (or `\\{...\\}` sets) of the same item strings in any
-    order, `E_{2},E_{1}` for `E_{1},E_{2}`; None (don't know) otherwise."""
-    def items(s: str) -> list[str] | None:
-        if s.startswith("\\{") and s.endswith("\\}"):
-            s = s[2:-2]
-        parts = _split_top(s)
-        return sorted(parts) if len(parts) > 1 and not _enclosed(s) else None
-
-    a, b = items(pred), items(gold)
-    return True if a is not None and a == b else None
 
 
 def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, abs_tol: float | None = None,
@@ -183,9 +53,9 @@ def fast_equivalent(pred: str, gold: str, settings: GraderSettings = DEFAULT, ab
     ba, bb = _BASE_NUMERAL.fullmatch(pred), _BASE_NUMERAL.fullmatch(gold)
     if ba and bb:  # math-verify drops the subscript, so `4210_{8}` would "equal" `4210_{5}`
         return ba[1].lstrip("0").upper() == bb[1].lstrip("0").upper() and int(ba[2]) == int(bb[2])
-    la, lb = _number_list(pred), _number_list(gold)
+    la, lb = number_list(pred), number_list(gold)
     if la is None or lb is None or la[0] != lb[0]:
-        return _same_items(pred, gold)
+        return same_items(pred, gold)
     (brackets, xs), ys = la, lb[1]
     eq = lambda x, y: numbers_equal(x, y, settings, abs_tol)  # noqa: E731
     if brackets:  # tuples and intervals are ordered
@@ -352,9 +222,9 @@ def _probe_items(s: str) -> tuple[str, list[complex]]:
         if len({len(r) for r in rows}) != 1:
             raise _Bail
         return f"matrix {len(rows)}x{len(rows[0])}", [_value(c) for r in rows for c in r]
-    if _enclosed(s) and len(_split_top(s[1:-1])) > 1:
-        return "ordered " + s[0] + s[-1], [_value(x) for x in _split_top(s[1:-1])]
-    items = _split_top(s)
+    if enclosed(s) and len(split_top(s[1:-1])) > 1:
+        return "ordered " + s[0] + s[-1], [_value(x) for x in split_top(s[1:-1])]
+    items = split_top(s)
     if len(items) > 1:
         return "set", [_value(x) for x in items]
     return "scalar", [_value(s)]

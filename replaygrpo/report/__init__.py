@@ -1,20 +1,24 @@
 """Reports over finished runs: results tables (table.py), training curves (plot.py), AES (aes.py).
 
-Shared here: reading a training run's Hydra config and grouping runs that differ only in
-their seed, so a table row and a plotted line mean the same set of runs. A group is named
+Shared here: reading a training run's Hydra config, grouping runs that differ only in
+their seed, so a table row and a plotted line mean the same set of runs, and the mean and
+std over such a group's seeds. A group is named
 `<model.name>/<method.name>`, followed by the keys that tell apart groups which would
 otherwise share that name, e.g. `qwen3-4b/replay (replay.tau_max=4)`.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+import numpy as np
 
 from replaygrpo.config import BOOKKEEPING_KEYS, flatten, key_matches
 
-__all__ = ["IGNORED", "base_label", "flatten", "group_runs", "load_run_config", "method_key"]
+__all__ = ["IGNORED", "base_label", "flatten", "group_runs", "load_run_config", "mean_std", "method_key"]
 T = TypeVar("T")
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
@@ -79,3 +83,20 @@ def group_runs(items: Sequence[tuple[T, dict[str, Any] | None, str]]) -> list[tu
         seen.add(unique)
         named.append((unique, members))
     return named
+
+
+def mean_std(values: Sequence[float], nan: Literal["propagate", "omit"]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) over seeds; nan for the mean without values, for the std below two.
+
+    `nan` says what a nan value means (scipy's nan_policy names): "propagate" makes both
+    results nan, for a number every seed must have (a benchmark one seed was not evaluated
+    on: its cell reads n/a, not a mean over fewer seeds); "omit" leaves it out, for a number
+    some runs never log (a sweep's benchmark average when only some jobs were evaluated).
+    """
+    if nan == "omit":
+        values = [v for v in values if not math.isnan(v)]
+    elif nan != "propagate":
+        raise ValueError(f"nan policy {nan!r}; known: propagate, omit.")
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from replaygrpo.report import group_runs
+from replaygrpo.report import group_runs, mean_std
 from replaygrpo.report.plot import EVAL_ACC
 from replaygrpo.report.stats import Paired, curve_auc, detectable_effect, holm, paired, verdict
 from replaygrpo.report.sweep import RunRecord, collect_runs
@@ -114,11 +114,10 @@ def _pct(x: float, sign: bool = False) -> str:
 
 
 def _mean_sd(values: list[float]) -> str:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
+    mean, sd = mean_std(values, nan="omit")  # an arm's seed without the value is left out
+    if math.isnan(mean):
         return "n/a"
-    sd = f" ± {100 * np.std(vals, ddof=1):.1f}" if len(vals) > 1 else ""
-    return f"{100 * np.mean(vals):.1f}{sd}"
+    return f"{100 * mean:.1f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.1f}")
 
 
 def _p(p: float) -> str:

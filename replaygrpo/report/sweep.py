@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from replaygrpo.report import HYDRA_CONFIG, load_run_config
+from replaygrpo.report import HYDRA_CONFIG, load_run_config, mean_std
 from replaygrpo.report.aes import AESError, aes
 from replaygrpo.report.plot import EVAL_ACC, GENERATED, REWARD, read_metrics, seed_band
 from replaygrpo.report.table import FORMATS, latex_escape, load_results
@@ -204,13 +204,6 @@ def group_sweep(runs: Sequence[RunRecord], by: list[str]) -> list[Group]:
     return [Group(v, groups[v]) for v in sorted(groups, key=order)]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
 # ---------------------------------------------------------------- the table
 STATS = ("headline", "final_acc", "reward", "s_per_step", "rollouts", "bench_acc", "bench_tokens")
 
@@ -252,7 +245,8 @@ def sweep_table(sweep_dir: Path, by: str | Sequence[str], fmt: str = "md", windo
     stats = []
     for g in groups:
         per_run = [run_stats(r, window) for r in g.finished]
-        stats.append({s: _mean_std([x[s] for x in per_run]) for s in STATS})
+        # nan where a run did not log it (no eval/results.json, no eval step): left out of the mean.
+        stats.append({s: mean_std([x[s] for x in per_run], nan="omit") for s in STATS})
     bench = all(any(r.results for r in g.finished) for g in groups)
     t = SweepTable(keys, groups, stats, window, bench, None, [
         f"Toy test accuracy in %, mean ± std over finished seeds; 'last {window}' = the mean of each run's "

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from replaygrpo.report import HYDRA_CONFIG, group_runs, load_run_config
+from replaygrpo.report import HYDRA_CONFIG, group_runs, load_run_config, mean_std
 from replaygrpo.report.aes import AESError, aes_of_average, mean_aes
 
 SCHEMA = "replaygrpo.results/1"
@@ -190,24 +190,21 @@ def protocol_line(shared: dict[str, Any], columns: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- statistics
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    if not values or any(math.isnan(v) for v in values):
-        return math.nan, None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return float(np.mean(values)), std
-
-
 def row_stats(row: Row, columns: list[str], avg_over: list[str]) -> dict[str, Any]:
     """Seed mean and std of accuracy (%) per column, of Avg and of mean tokens."""
     def get(run: Run, b: str, key: str) -> float:
         entry = run.results["benchmarks"].get(b)
         return float(entry[key]) if entry else math.nan
 
-    stats: dict[str, Any] = {b: _mean_std([100 * get(r, b, "accuracy") for r in row.runs]) for b in columns}
-    stats["avg"] = _mean_std([sum(100 * get(r, b, "accuracy") for b in avg_over) / len(avg_over) for r in row.runs])
-    stats["tokens"] = _mean_std([sum(get(r, b, "mean_tokens") for b in avg_over) / len(avg_over) for r in row.runs])
+    def over_seeds(values: list[float]) -> tuple[float, float]:
+        # A seed without this benchmark makes the cell n/a rather than a mean over fewer seeds.
+        return mean_std(values, nan="propagate")
+
+    stats: dict[str, Any] = {b: over_seeds([100 * get(r, b, "accuracy") for r in row.runs]) for b in columns}
+    stats["avg"] = over_seeds([sum(100 * get(r, b, "accuracy") for b in avg_over) / len(avg_over) for r in row.runs])
+    stats["tokens"] = over_seeds([sum(get(r, b, "mean_tokens") for b in avg_over) / len(avg_over) for r in row.runs])
     stats["acc_by_bench"] = {b: stats[b][0] for b in avg_over}
-    stats["len_by_bench"] = {b: _mean_std([get(r, b, "mean_tokens") for r in row.runs])[0] for b in avg_over}
+    stats["len_by_bench"] = {b: over_seeds([get(r, b, "mean_tokens") for r in row.runs])[0] for b in avg_over}
     return stats
 
 
@@ -313,9 +310,9 @@ def _num(x: float, digits: int = 1, sign: bool = False) -> str:
 def _cells(row: Row, columns: list[str], has_ref: bool, pm: str) -> list[str]:
     s = row.stats
 
-    def ms(pair: tuple[float, float | None], digits: int = 1) -> str:
+    def ms(pair: tuple[float, float], digits: int = 1) -> str:
         mean, std = pair
-        return _num(mean, digits) + (f"{pm}{_num(std, digits)}" if std is not None else "")
+        return _num(mean, digits) + ("" if math.isnan(std) else f"{pm}{_num(std, digits)}")
 
     cells = [row.name, str(len(row.runs)), *(ms(s[b]) for b in columns), ms(s["avg"]), ms(s["tokens"], 0),
              _num(s["aes_avg"], 3), _num(s["aes_mean"], 3)]
