@@ -390,7 +390,8 @@ def regrade(out_dir: str | Path, workers: int = 2, timeout: float = 5.0, grader:
             _atomic_write(path, _jsonl(records))
             summaries[name] = summarize(records, samples_per_problem(settings, name), settings.get("pass_k", ()))
     results = build_results(settings, summaries)
-    if base is not None:
-        results["base_model"] = base
+    old_results = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
+    if "base_model" in old_results:  # a shipped toy base keeps its record
+        results["base_model"] = old_results["base_model"]
     _atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     return results

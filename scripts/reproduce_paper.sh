@@ -64,7 +64,6 @@ PILOT_STEPS="${PILOT_STEPS:-100}"
 PILOT_LRS="${PILOT_LRS:-1e-6,2.5e-6}"
 FORCE="${FORCE:-0}"
 ARMS=(grpo grpo_mb grpo_compute naive_replay replay)
-if command -v replaygrpo >/dev/null; then RG=replaygrpo; else RG=.venv/bin/replaygrpo; fi
 case "$STAGE" in pilot|grid) ;; *) echo "error: STAGE must be pilot or grid, not '$STAGE'" >&2; exit 2 ;; esac
 
 sec_per_step() { case "$1" in 0.6b) echo 30 ;; 1.7b) echo 60 ;; 4b) echo 120 ;; *) echo "unknown size $1" >&2; exit 2 ;; esac; }

@@ -14,7 +14,7 @@ from replaygrpo.records import Rollout, UpdateBatch
 from replaygrpo.update import UpdateOptions, update, update_step
 from replaygrpo.variants import load_config
 
-from tests.test_train import run
+from tests.conftest import train_toy as run
 
 V = 64
 

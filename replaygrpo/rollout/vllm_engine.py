@@ -109,7 +109,7 @@ class VLLMEngine(WeightSync):
         # Under torchrun each rank runs an engine in vLLM's external-launcher mode; the ranks
         # of one tensor-parallel group (consecutive ranks) act as one engine and must submit
         # the same requests under the same seed, so they share both.
-        # (config.validate checks that it divides the torchrun processes.)
+        # (validation.validate checks that it divides the torchrun processes.)
         self.tp = self.cfg.tensor_parallel_size
         self.tp_group = distributed.peers(self.tp) if self.tp > 1 else None
         self.seed = int(seed or 0) + distributed.rank() // self.tp
