@@ -22,7 +22,8 @@
 # thread (OMP_NUM_THREADS=1), each running both regimes; within a multirun the seed is the outer
 # loop, so every arm's runs spread over the whole run and meet the same machine load.
 #
-# Environment: SEEDS (default 0,1,2,3,4,5,6,7), STEPS (default 40), EVAL_EVERY (default 10),
+# Environment: SEEDS (default 0,1,2,3,4,5,6,7), STEPS (default: 40 in the paper regime, 30 in the
+# leverage regime, whose lr is 3x and whose 10 arms are twice as many), EVAL_EVERY (default 10),
 # LANES (default 2), ROOT (default multirun/toy_experiment), OUT (default docs/results),
 # MARGIN (default 0.02), REGIMES (default "paper leverage"), DRY_RUN=1 (same as --dry-run).
 # Run dirs are never overwritten: remove ROOT to start over.
@@ -32,7 +33,7 @@ cd "$(dirname "$0")/.."
 source scripts/_args.sh
 parse_args "$@"
 SEEDS="${SEEDS:-0,1,2,3,4,5,6,7}"
-STEPS="${STEPS:-40}"
+STEPS="${STEPS:-}"
 EVAL_EVERY="${EVAL_EVERY:-10}"
 LANES="${LANES:-2}"
 ROOT="${ROOT:-multirun/toy_experiment}"
@@ -45,6 +46,7 @@ ARMS[paper]="toy_grpo,toy_grpo_mb,toy_grpo_2x,toy_naive_replay,toy_replay"
 LR[paper]=1e-4
 ARMS[leverage]="toy_grpo,toy_grpo_mb,toy_grpo_2x,toy_lev_naive_replay,toy_lev_replay,toy_lev_alpha0,toy_lev_unit_group,toy_lev_tau_none,toy_lev_no_anchor,toy_lev_no_clip"
 LR[leverage]=3e-4
+declare -A STEPS_OF=([paper]="${STEPS:-40}" [leverage]="${STEPS:-30}")
 
 IFS=, read -r -a SEED_LIST <<< "$SEEDS"
 (( LANES > ${#SEED_LIST[@]} )) && LANES=${#SEED_LIST[@]}
@@ -55,7 +57,7 @@ lane_seeds() {  # the seeds of lane $1, comma-separated
 }
 train_cmd() {  # regime, lane
   TRAIN=("$RG" train --multirun "seed=$(lane_seeds "$2")" "experiment=${ARMS[$1]}" "trainer.lr=${LR[$1]}"
-         "trainer.steps=$STEPS" "trainer.eval_every=$EVAL_EVERY" "hydra.sweep.dir=$ROOT/$1/lane$2"
+         "trainer.steps=${STEPS_OF[$1]}" "trainer.eval_every=$EVAL_EVERY" "hydra.sweep.dir=$ROOT/$1/lane$2"
          ${EXTRA[@]+"${EXTRA[@]}"})
 }
 run_lane() {  # lane: both regimes in turn; a failed job stops its sweep, the report names what did not finish
@@ -78,7 +80,8 @@ else
   pids=()
   for ((lane = 0; lane < LANES; lane++)); do run_lane "$lane" & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-  echo "training took $(( $(date +%s) - start )) s ($LANES lanes, seeds $SEEDS, $STEPS steps)" | tee "$ROOT/time.txt"
+  echo "training took $(( $(date +%s) - start )) s ($LANES lanes, seeds $SEEDS, regimes $REGIMES)" \
+    | tee -a "$ROOT/time.txt"
   mkdir -p "$OUT"
 fi
 for regime in $REGIMES; do
