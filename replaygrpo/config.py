@@ -120,7 +120,7 @@ class TrainerConfig:
     lr: float = 1e-4
     """AdamW learning rate (constant after warm-up)."""
     warmup_steps: int = 0
-    """Linear learning-rate warm-up steps."""
+    """Linear learning-rate warm-up, in RL steps (all of a step's mini-batch optimiser steps share its rate)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
