@@ -63,7 +63,7 @@ def test_report_pairs_seeds_and_uses_the_auc(sweeps: list[Path]) -> None:
     replay = next(r for r in rows(primary, "experiment=toy_replay"))
     naive = next(r for r in rows(primary, "experiment=toy_naive_replay"))
     assert replay[1] == "4" and replay[-1] == "better"
-    assert naive[-1].startswith("equivalent (±0.02)")
+    assert naive[-1].startswith("equivalent (±2 points)")
     assert "Holm over 2 arms" in primary and "TOST margin ±2 points" in primary
     assert "experiment=toy_replay,seed=9 (unfinished)" in report
     assert f"toy-weak {'ab' * 6}" in report
@@ -90,3 +90,16 @@ def test_cli_compare_writes_the_report(sweeps: list[Path], tmp_path: Path) -> No
     res = CliRunner().invoke(app, ["compare", *map(str, sweeps), "--baseline", "experiment=toy_grpo", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.read_text().startswith("# Toy experiment report")
+
+
+def test_secondary_reads_every_arm_at_the_common_budget(tmp_path: Path) -> None:
+    # A bigger batch (256 rollouts a step) ends far higher, but at the others' budget (256) it is lower.
+    for seed in range(4):
+        write_run(tmp_path / "s", "grpo", seed, [0.40 + 0.01 * seed, 0.50 + 0.01 * seed])
+        write_run(tmp_path / "s", "grpo_2x", seed, [0.30 + 0.02 * seed, 0.90, 0.95], per_step=256)
+    report = compare_report([tmp_path / "s"], baseline="experiment=toy_grpo", margin=0.02)
+    table = {r[0]: r for r in rows(report.split("**Primary")[0], "experiment=")}
+    assert table["experiment=toy_grpo_2x"][3].startswith("33.0 ± ")  # its accuracy at 256 rollouts
+    assert table["experiment=toy_grpo_2x"][4].startswith("95.0")  # its last eval, shown, not tested
+    secondary = report.split("**Secondary: accuracy at the common budget**")[1]
+    assert next(r for r in rows(secondary, "experiment=toy_grpo_2x"))[-1] == "worse"

@@ -5,7 +5,8 @@ named by their command-line overrides (e.g. `experiment=toy_grpo`); each arm is 
 pre-declared primary metric is the area under the accuracy-vs-budget curve, starting at
 the base model's accuracy at budget 0 and cut at the smallest budget every run reached
 (`curve_auc`): the accuracy averaged over the budget, which sees learning speed that a
-saturated end point hides. Secondary: the last eval's accuracy. Budgets (`--x`): rollouts
+saturated end point hides. Secondary: the accuracy at that common budget (interpolated between
+evals; the last eval's accuracy and per-level accuracy are shown, not tested). Budgets (`--x`): rollouts
 generated (equal sampling cost), tokens generated or forwarded, or wall-clock seconds
 (equal compute). Each family of comparisons is Holm-corrected; "equivalent" needs TOST
 within the stated margin. The report names every run left out and the base models used.
@@ -145,7 +146,7 @@ def _family(title: str, base: Arm, others: list[Arm], values: dict[str, dict[int
             continue
         lines.append(f"| {arm.name} | {r.n} | {_pct(r.mean, True)} [{_pct(r.ci_low, True)}, {_pct(r.ci_high, True)}] "
                      f"| {_pct(r.sd)} | {_p(r.p_t)} | {_p(r.p_wilcoxon)} | {_p(p_adj)} | {_p(r.p_tost)} "
-                     f"| {_pct(detectable_effect(r.sd, r.n, alpha))} | {verdict(r, p_adj, alpha)} |")
+                     f"| {_pct(detectable_effect(r.sd, r.n, alpha))} | {verdict(r, p_adj, alpha, scale=100, unit=' points')} |")
     return lines + [""]
 
 
@@ -165,7 +166,9 @@ def compare_report(sweep_dirs: Sequence[Path], baseline: str, axis: str = "rollo
     others = [a for a in arms if a is not base]
     budget = min(c.x[-1] for a in arms for c in a.curves.values())
     auc = {a.name: {s: curve_auc(c.x, c.acc, budget) for s, c in a.curves.items()} for a in arms}
-    final = {a.name: {s: c.acc[-1] for s, c in a.curves.items()} for a in arms}
+    # Accuracy at the common budget (interpolated): an arm that spends more per step (a bigger batch)
+    # is read where the others stop, not at its own last eval.
+    at_budget = {a.name: {s: float(np.interp(budget, c.x, c.acc)) for s, c in a.curves.items()} for a in arms}
     levels = sorted({k for a in arms for c in a.curves.values() for k in c.last if k.startswith(EVAL_ACC + "/L")},
                     key=lambda k: int(k.rsplit("L", 1)[1]))
 
@@ -173,7 +176,7 @@ def compare_report(sweep_dirs: Sequence[Path], baseline: str, axis: str = "rollo
            f"Budget axis: {axis} ({AXES[axis][0]}{', summed over steps' if AXES[axis][1] else ''}); common budget "
            f"{budget:,.0f} (the smallest any run reached). Primary metric, declared before the runs: AUC = eval "
            "accuracy averaged over the budget, from the base model at 0. Seeds are paired across arms.", ""]
-    header = ["Arm", "Seeds", "AUC (%)", "Final acc (%)", *(k.rsplit("/", 1)[1] + " (%)" for k in levels),
+    header = ["Arm", "Seeds", "AUC (%)", "Acc at budget (%)", "Last eval acc (%)", *(k.rsplit("/", 1)[1] + " (%)" for k in levels),
               "Eval tokens", "Eval truncated (%)", "Eligible pool", "s/step"]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in arms:
@@ -182,7 +185,7 @@ def compare_report(sweep_dirs: Sequence[Path], baseline: str, axis: str = "rollo
                 for r in a.runs.values() if any("replay/eligible" in m for m in r.metrics)]
         times = [float(np.median([m["time/step"] for m in r.metrics if "time/step" in m])) for r in a.runs.values()]
         cells = [a.name + (" (baseline)" if a is base else ""), str(len(cs)), _mean_sd(list(auc[a.name].values())),
-                 _mean_sd(list(final[a.name].values())),
+                 _mean_sd(list(at_budget[a.name].values())), _mean_sd([c.acc[-1] for c in cs]),
                  *(_mean_sd([c.last.get(k, math.nan) for c in cs]) for k in levels),
                  f"{np.mean([c.last.get('eval/tokens_mean', math.nan) for c in cs]):.1f}",
                  _mean_sd([c.last.get("eval/truncated", math.nan) for c in cs]),
@@ -191,7 +194,7 @@ def compare_report(sweep_dirs: Sequence[Path], baseline: str, axis: str = "rollo
     out.append("")
     if others:
         out += _family("Primary: AUC", base, others, auc, margin, alpha)
-        out += _family("Secondary: final accuracy", base, others, final, margin, alpha)
+        out += _family("Secondary: accuracy at the common budget", base, others, at_budget, margin, alpha)
     out.append("Verdicts: better/worse = Holm-adjusted paired t below alpha; equivalent = TOST below alpha "
                "(the CI at 1 − 2·alpha lies within the margin); anything else is inconclusive, not 'no difference'. "
                "MDE 80% = the true difference this many seeds would detect with 80% power, given the observed "

@@ -90,13 +90,16 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out
 
 
-def verdict(result: Paired, p_adjusted: float, alpha: float = 0.05) -> str:
-    """`better` / `worse` (Holm-adjusted paired t), `equivalent` (TOST within the margin), else `inconclusive`."""
+def verdict(result: Paired, p_adjusted: float, alpha: float = 0.05, scale: float = 1.0, unit: str = "") -> str:
+    """`better` / `worse` (Holm-adjusted paired t), `equivalent` (TOST within the margin), else `inconclusive`.
+
+    The margin is written as `margin * scale` followed by `unit` (e.g. 100 and " points" for fractions)."""
     equivalent = result.p_tost < alpha
+    margin = f"±{result.margin * scale:g}{unit}"
     if p_adjusted < alpha:  # a real but small difference can be both
-        return ("better" if result.mean > 0 else "worse") + (f", within ±{result.margin:g}" if equivalent else "")
+        return ("better" if result.mean > 0 else "worse") + (f", within {margin}" if equivalent else "")
     if equivalent:
-        return f"equivalent (±{result.margin:g})"
+        return f"equivalent ({margin})"
     return "inconclusive"
 
 
