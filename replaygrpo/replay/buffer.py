@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from itertools import compress
 from operator import attrgetter
 from typing import Any, Literal, Self, Sequence
 
@@ -171,7 +172,7 @@ class ReplayBuffer(BaseReplayBuffer):
         adv = list(map(_advantage, rollouts))
         if not all(map(math.isfinite, adv)):
             raise ValueError("advantages must be finite")
-        keep = [r for r, a in zip(rollouts, adv) if a != 0.0]
+        keep = list(compress(rollouts, adv))  # A != 0 (0.0 and -0.0 are false)
         start = self._store.append(keep)
         self._set_log_w(start)
         return len(keep)
