@@ -1,10 +1,11 @@
 """What a draw hands out: `StoredRollout` records whose tensors are read from the store on first access.
 
 A sample of 512 rollouts makes 512 records and one `Draw` (the chunks and offsets they
-read from), not ~1,500 tensor views besides: a view is made when its field is first read
-(the update reads them all), then kept in the record's slot, so later reads are plain
-slot reads. Chunks are never written after they are built (storage.py), so a record read
-after later adds, evictions or repacks still gets what it was added with.
+read from), not ~1,500 tensor views besides. The first read of a record's tensor field
+(the update reads them all) makes its views, ~3 and a dict to keep them in, so later
+reads are plain attribute reads: the views cost what they cost before, but in the reader's
+time, not the buffer step's. Chunks are never written after they are built (storage.py),
+so a record read after later adds, evictions or repacks still gets what it was added with.
 """
 from __future__ import annotations
 
@@ -54,28 +55,40 @@ class Draw:
 
 _TENSOR_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "behaviour_logprobs")
 _SCALAR_FIELDS = ("reward", "advantage", "birth_step", "prompt_id", "group_id", "reuse")
-_READERS = {name: getattr(Draw, name) for name in _TENSOR_FIELDS}
+_READERS = tuple((name, getattr(Draw, name)) for name in _TENSOR_FIELDS)
+
+
+class _ReadOnFirstAccess:
+    """A tensor field of `StoredRollout`. The first read of any of the four fills all of those
+    not yet in the record's dict with views of its chunk (one call per record, not per field);
+    a field assigned before that stays as assigned. A non-data descriptor, so later reads find
+    the dict entry first and cost a plain attribute read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: StoredRollout | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        d, draw, i = obj.__dict__, obj._draw, obj._i
+        for name, read in _READERS:
+            if name not in d:
+                d[name] = read(draw, i)
+        obj._draw = None  # filled: hold only its own views, not every chunk of the draw
+        return d[self.name]
 
 
 class StoredRollout(Rollout):
-    """A `Rollout` handed out by the store: scalars set, each tensor field read from its chunk
-    when first accessed. Behaves as a `Rollout` (fields, `replace`, `num_tokens`); copies and
-    pickles are plain `Rollout`s holding the views, not the chunks.
+    """A `Rollout` handed out by the store: scalars set, tensors read from its chunk when first
+    accessed. Behaves as a `Rollout` (fields, `replace`, `num_tokens`); copies and pickles are
+    plain `Rollout`s holding the views, not the chunks. Until its first read a record holds
+    its draw, and so every chunk the draw touched; after it, only its own views."""
 
-    Every field is a slot, so the record has no per-instance dict; a tensor slot is empty
-    until first read, and only then does Python fall back to `__getattr__`, which fills it.
-    Assigning a field sets its slot, as on a `Rollout`, and is never overwritten by a read.
-    """
-
-    __slots__ = (*_TENSOR_FIELDS, *_SCALAR_FIELDS, "_draw", "_i")
-
-    def __getattr__(self, name: str) -> Any:
-        read = _READERS.get(name)
-        if read is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        value = read(self._draw, self._i)
-        setattr(self, name, value)
-        return value
+    __slots__ = (*_SCALAR_FIELDS, "_draw", "_i")
+    prompt_ids = _ReadOnFirstAccess()  # type: ignore[assignment]
+    completion_ids = _ReadOnFirstAccess()  # type: ignore[assignment]
+    old_logprobs = _ReadOnFirstAccess()  # type: ignore[assignment]
+    behaviour_logprobs = _ReadOnFirstAccess()  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
         return Rollout, tuple(getattr(self, f.name) for f in fields(Rollout))

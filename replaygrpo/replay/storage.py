@@ -10,12 +10,11 @@ tensors indexed by *slot*, so eviction, eligibility and the priority draw are ve
 over the buffer. No Python object is kept per stored rollout or group.
 
 Reads. `rollouts(slots)` is the only place records are made, for the few slots a
-sample draws: one `StoredRollout` per slot (drawn.py), its scalars set and its tensors sliced from
-its chunk on first read (then kept on the record, so later reads are plain attribute
-reads). A draw of 512 thus makes ~520 tracked objects rather than ~2,000 (records, two
-views each, a prompt view per group), and the views are made by whoever reads them (the
-update reads them all; the same ~1,500 views then, but outside the buffer's step). The
-drawn rollouts of one group share one prompt view. Nothing is copied.
+sample draws: one `StoredRollout` per slot (drawn.py), its scalars set and its tensors
+sliced from its chunk on first read. A draw of 512 thus makes ~520 tracked objects in the
+buffer's step rather than ~2,000 (records, two views each, a prompt view per group); the
+views are made by whoever reads them (the update reads them all). The drawn rollouts of
+one group share one prompt view. Nothing is copied.
 
 Cost at paper scale (scripts/bench_buffer.py: add 1,024 rollouts of 1,000 tokens,
 evict, sample 512 of 100,000): copying the added tokens once, reading the added records
