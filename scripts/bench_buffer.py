@@ -170,8 +170,8 @@ def main() -> None:
     read, free = statistics.median(phases["read"]), statistics.median(phases["free"])
     total = statistics.median(map(sum, zip(phases["step"], phases["read"], phases["free"])))
     print(f"after the step: reading the drawn tensors (the update's first reads) median {read:.2f} ms, "
-          f"dropping the previous draw {free:.2f} ms, in the garbage collector: mean {statistics.mean(gc_after):.2f} ms; "
-          f"step + read + drop: median {total:.2f} ms")
+          f"dropping the previous draw {free:.2f} ms, "
+          f"in the garbage collector: mean {statistics.mean(gc_after):.2f} ms; step + read + drop: median {total:.2f} ms")
     print(f"tracked objects made: add + evict {made['add + evict']:,}, sample of 512 {made['sample']:,}, "
           f"reading its tensors {made['read']:,}")
     print(f"bytes per stored completion token: {buf.nbytes / buf.num_tokens:.3f}")

@@ -95,7 +95,8 @@ def test_drawn_records_read_their_tensors_on_first_access() -> None:
     ids = torch.arange(40 * 8 * 3, dtype=torch.int32).view(40 * 8, 3)
     for r in out:
         assert isinstance(r, Rollout) and r.behaviour_logprobs is None
-        assert torch.equal(r.completion_ids, ids[r.prompt_id]) and torch.equal(r.old_logprobs, -ids[r.prompt_id].float())
+        assert torch.equal(r.completion_ids, ids[r.prompt_id])
+        assert torch.equal(r.old_logprobs, -ids[r.prompt_id].float())
         assert r.prompt_ids.tolist() == list(range(5 * (r.prompt_id // 8), 5 * (r.prompt_id // 8) + 5))
         assert r.num_tokens == 3 and r.advantage == 1.0 + r.prompt_id
     by_group: dict[int, Rollout] = {}
