@@ -1,15 +1,18 @@
 """What a draw hands out: `StoredRollout` records whose tensors are read from the store on first access.
 
 A sample of 512 rollouts makes 512 records and one `Draw` (the chunks and offsets they
-read from), not ~1,500 tensor views besides. The first read of a record's tensor field
-(the update reads them all) makes its views, ~3 and a dict to keep them in, so later
-reads are plain attribute reads: the views cost what they cost before, but in the reader's
-time, not the buffer step's. Chunks are never written after they are built (storage.py),
-so a record read after later adds, evictions or repacks still gets what it was added with.
+read from), not ~1,500 tensor views besides. The first read of any tensor field of a
+record (the update reads them all) makes its views (two, plus the group's prompt view
+if no record of the group made it yet) and keeps them in its slots, so later reads are
+plain slot reads: the views cost what they cost before, in the reader's time rather
+than the buffer step's. Chunks are never written after they are built (storage.py), so a
+record read after later adds, evictions or repacks still gets what it was added with.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import fields
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -31,64 +34,59 @@ class Draw:
         self.p_off, self.p_len = p_off, p_len
         self.prompts: dict[int, Tensor] = {}  # pkey -> one view per group, shared by its rollouts
 
-    # One reader per tensor field, named after it, each a view of the chunk.
-    def prompt_ids(self, i: int) -> Tensor:
-        prompt = self.prompts.get(self.pkey[i])
-        if prompt is None:
-            prompt = self.prompts[self.pkey[i]] = self.chunks[i].prompts[self.p_off[i]: self.p_off[i] + self.p_len[i]]
-        return prompt
-
-    def completion_ids(self, i: int) -> Tensor:
-        return self.chunks[i].ids[self.c_start[i]: self.c_end[i]]
-
-    def old_logprobs(self, i: int) -> Tensor:
-        return self.chunks[i].logp[self.c_start[i]: self.c_end[i]]
-
-    def behaviour_logprobs(self, i: int) -> Tensor | None:
-        behav = self.chunks[i].behav
-        return None if behav is None else behav[self.c_start[i]: self.c_end[i]]
-
     def tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(prompt_ids, completion_ids, old_logprobs, behaviour_logprobs) of draw position i: views."""
-        return self.prompt_ids(i), self.completion_ids(i), self.old_logprobs(i), self.behaviour_logprobs(i)
+        ch, s, e = self.chunks[i], self.c_start[i], self.c_end[i]
+        prompt = self.prompts.get(self.pkey[i])
+        if prompt is None:
+            prompt = self.prompts[self.pkey[i]] = ch.prompts[self.p_off[i]: self.p_off[i] + self.p_len[i]]
+        return prompt, ch.ids[s:e], ch.logp[s:e], None if ch.behav is None else ch.behav[s:e]
 
 
 _TENSOR_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "behaviour_logprobs")
 _SCALAR_FIELDS = ("reward", "advantage", "birth_step", "prompt_id", "group_id", "reuse")
-_READERS = tuple((name, getattr(Draw, name)) for name in _TENSOR_FIELDS)
-
-
-class _ReadOnFirstAccess:
-    """A tensor field of `StoredRollout`. The first read of any of the four fills all of those
-    not yet in the record's dict with views of its chunk (one call per record, not per field);
-    a field assigned before that stays as assigned. A non-data descriptor, so later reads find
-    the dict entry first and cost a plain attribute read."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: StoredRollout | None, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        d, draw, i = obj.__dict__, obj._draw, obj._i
-        for name, read in _READERS:
-            if name not in d:
-                d[name] = read(draw, i)
-        obj._draw = None  # filled: hold only its own views, not every chunk of the draw
-        return d[self.name]
+_set = object.__setattr__
+_get = object.__getattribute__
 
 
 class StoredRollout(Rollout):
     """A `Rollout` handed out by the store: scalars set, tensors read from its chunk when first
     accessed. Behaves as a `Rollout` (fields, `replace`, `num_tokens`); copies and pickles are
-    plain `Rollout`s holding the views, not the chunks. Until its first read a record holds
-    its draw, and so every chunk the draw touched; after it, only its own views."""
+    plain `Rollout`s holding the views, not the chunks.
 
-    __slots__ = (*_SCALAR_FIELDS, "_draw", "_i")
-    prompt_ids = _ReadOnFirstAccess()  # type: ignore[assignment]
-    completion_ids = _ReadOnFirstAccess()  # type: ignore[assignment]
-    old_logprobs = _ReadOnFirstAccess()  # type: ignore[assignment]
-    behaviour_logprobs = _ReadOnFirstAccess()  # type: ignore[assignment]
+    Every field is a slot. The tensor slots stay empty until a tensor field is first read;
+    Python then falls back to `__getattr__`, which fills all four at once (one fallback per
+    record). Assigning a tensor field fills the others first, so no later read overwrites
+    it. Until it is filled a record holds its draw, and so every chunk the draw touched;
+    after, only its own views.
+    """
+
+    __slots__ = (*_TENSOR_FIELDS, *_SCALAR_FIELDS, "_draw", "_i")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """An ordinary record with every field given (what `dataclasses.replace` makes)."""
+        _set(self, "_draw", None)
+        super().__init__(*args, **kwargs)
+
+    def _fill(self) -> None:
+        t = self._draw.tensors(self._i)
+        _set(self, "prompt_ids", t[0])
+        _set(self, "completion_ids", t[1])
+        _set(self, "old_logprobs", t[2])
+        _set(self, "behaviour_logprobs", t[3])
+        _set(self, "_draw", None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for an empty slot or an unknown name.
+        if name not in _TENSOR_FIELDS or self._draw is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self._fill()
+        return _get(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _TENSOR_FIELDS and self._draw is not None:
+            self._fill()
+        _set(self, name, value)
 
     def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
         return Rollout, tuple(getattr(self, f.name) for f in fields(Rollout))
@@ -100,23 +98,21 @@ def _check_rollout_fields() -> None:
     names = {f.name for f in fields(Rollout)}
     if names != {*_TENSOR_FIELDS, *_SCALAR_FIELDS}:
         raise ImportError(f"replay/drawn.py makes StoredRollout records from {_TENSOR_FIELDS + _SCALAR_FIELDS}; "
-                          f"records.Rollout has {sorted(names)}: update StoredRollout and record()")
+                          f"records.Rollout has {sorted(names)}: update StoredRollout and records()")
 
 
 _check_rollout_fields()
-_new = object.__new__
+# The slots' own setters: C-level stores that bypass StoredRollout.__setattr__.
+_SETTERS = {name: StoredRollout.__dict__[name].__set__ for name in (*_SCALAR_FIELDS, "_draw", "_i")}
 
 
-def record(draw: Draw, i: int, reward: float, advantage: float, birth: int, prompt_id: int, group: int,
-           reuse: int) -> StoredRollout:
-    """Draw position i's record, tensors unread (slot stores: cheaper than a dataclass __init__)."""
-    r = _new(StoredRollout)
-    r.reward = reward
-    r.advantage = advantage
-    r.birth_step = birth
-    r.prompt_id = prompt_id
-    r.group_id = group
-    r.reuse = reuse
-    r._draw = draw
-    r._i = i
-    return r
+def records(draw: Draw, columns: dict[str, list[Any]]) -> list[Rollout]:
+    """One record per draw position, its scalar fields from `columns` (name -> list), tensors unread.
+
+    Made with C-level loops (`map` over the slots' setters): no Python call per record.
+    """
+    n = len(draw.chunks)
+    out: list[Rollout] = list(map(object.__new__, repeat(StoredRollout, n)))
+    for name, values in (*columns.items(), ("_draw", repeat(draw, n)), ("_i", range(n))):
+        deque(map(_SETTERS[name], out, values), maxlen=0)
+    return out

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from replaygrpo.records import Rollout
-from replaygrpo.replay.drawn import Draw, record
+from replaygrpo.replay.drawn import Draw, records
 
 # Per-slot columns. int64 everywhere keeps indexing simple; at ~100 bytes a rollout
 # this is ~0.1 byte per token for 1,000-token completions.
@@ -273,7 +273,8 @@ class RolloutStore:
         draw, (birth, prompt_id, group, reuse) = self._locate(slots)
         cols = self._cols
         reward, adv = torch.stack([cols[k].index_select(0, slots) for k in ("reward", "advantage")]).tolist()
-        return list(map(record, repeat(draw), range(len(birth)), reward, adv, birth, prompt_id, group, reuse))
+        return records(draw, {"reward": reward, "advantage": adv, "birth_step": birth, "prompt_id": prompt_id,
+                              "group_id": group, "reuse": reuse})
 
     def _reserve(self, n: int) -> None:
         cap = self._cols["alive"].numel()
