@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from replaygrpo import distributed
 from replaygrpo.config import RESUMABLE_KEYS, Config, flatten, key_matches
+from replaygrpo.methods import METHODS
 from replaygrpo.offload import resident
 
 if TYPE_CHECKING:
@@ -105,11 +106,16 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[st
     """{dotted key: (saved, current)} for values that differ, ignoring those a resume may change.
 
     A key the saved config lacks (written before the key existed) reads as its default.
+    `replay.*` keys the current method does not read (`METHODS[name].reads`) are ignored:
+    they change nothing in its run, and older presets set some for methods that ignore them.
     """
     a = flatten(asdict(Config())) | flatten(saved)
     b = flatten(current)
+    name = b.get("method.name")
+    reads = METHODS.get(name).reads if name in METHODS else None
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not key_matches(k, RESUMABLE_KEYS)}
+            if a.get(k) != b.get(k) and not key_matches(k, RESUMABLE_KEYS)
+            and not (reads is not None and k.startswith("replay.") and k.removeprefix("replay.") not in reads)}
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -1,7 +1,10 @@
 """The packed store under the buffers: what it keeps per rollout, and its prompt check."""
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
+from dataclasses import replace
 
 import pytest
 import torch
@@ -59,3 +62,63 @@ def test_shared_memory_is_not_taken_for_a_shared_prompt() -> None:
             ReplayBuffer(tau_max=None).add(rows)
     rows[2].prompt_ids = base[0].clone()  # equal tokens elsewhere in memory: fine
     assert ReplayBuffer(tau_max=None).add(rows) == 3
+
+
+def _filled(groups: int = 40, size: int = 8) -> ReplayBuffer:
+    prompts = torch.arange(groups * 5, dtype=torch.int32).view(groups, 5)
+    buf = ReplayBuffer(tau_max=None)
+    for step in range(3):
+        buf.add(_batch(step, groups, size, prompts))
+    return buf
+
+
+def test_a_draw_makes_about_one_object_per_rollout() -> None:
+    """The records a sample returns are the only per-rollout objects it makes: their tensor
+    views wait for the first read (what the garbage collector scans stays small)."""
+    buf, gen = _filled(), torch.Generator().manual_seed(0)
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]  # tracked objects allocated minus freed, while none is collected
+        out = buf.sample(400, 3, gen)
+        made = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert len(out) == 400 and made < 1.2 * len(out), made
+
+
+def test_drawn_records_read_their_tensors_on_first_access() -> None:
+    """Drawn records behave as Rollouts: fields read lazily hold what was added, one group's
+    rollouts share one prompt view, an assigned field is kept, copies are plain Rollouts."""
+    buf, gen = _filled(), torch.Generator().manual_seed(1)
+    out = buf.sample(300, 3, gen)
+    ids = torch.arange(40 * 8 * 3, dtype=torch.int32).view(40 * 8, 3)
+    for r in out:
+        assert isinstance(r, Rollout) and r.behaviour_logprobs is None
+        assert torch.equal(r.completion_ids, ids[r.prompt_id])
+        assert torch.equal(r.old_logprobs, -ids[r.prompt_id].float())
+        assert r.prompt_ids.tolist() == list(range(5 * (r.prompt_id // 8), 5 * (r.prompt_id // 8) + 5))
+        assert r.num_tokens == 3 and r.advantage == 1.0 + r.prompt_id
+    by_group: dict[int, Rollout] = {}
+    for r in out:  # 300 of 320 drawn: groups repeat
+        assert by_group.setdefault(r.group_id, r).prompt_ids is r.prompt_ids
+    assert len(by_group) < len(out)
+    fresh = buf.sample(2, 4, gen)
+    fresh[0].old_logprobs = torch.zeros(3)  # assigned before any other field is read
+    assert torch.equal(fresh[0].completion_ids, ids[fresh[0].prompt_id])
+    assert torch.equal(fresh[0].old_logprobs, torch.zeros(3))
+    for twin in (copy.copy(fresh[1]), copy.deepcopy(fresh[1]), pickle.loads(pickle.dumps(fresh[1]))):
+        assert type(twin) is Rollout and torch.equal(twin.completion_ids, fresh[1].completion_ids)
+    moved = replace(fresh[1], advantage=-2.0)
+    assert moved.advantage == -2.0 and torch.equal(moved.prompt_ids, fresh[1].prompt_ids)
+    with pytest.raises(AttributeError, match="no_such_field"):
+        fresh[1].no_such_field
+
+
+def test_completion_tensors_must_be_1d() -> None:
+    """One value per token: (1, C) rows are refused rather than stored as a 2-D chunk."""
+    prompts = torch.arange(10, dtype=torch.int32).view(2, 5)
+    rows = _batch(0, 2, 2, prompts)
+    flat = [replace(r, completion_ids=r.completion_ids[None], old_logprobs=r.old_logprobs[None]) for r in rows]
+    with pytest.raises(ValueError, match="1-D"):
+        ReplayBuffer(tau_max=None).add(flat)

@@ -93,6 +93,7 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path):
 
 def test_config_keys_that_may_change_and_keys_older_checkpoints_lack():
     current = asdict(Config())
+    current["method"]["name"] = "replay"  # a method that reads replay.alpha
     older = copy.deepcopy(current)
     del older["model"]["attn_implementation"]  # written before the key existed: reads as its default
     del older["trainer"]["update_layout"]
@@ -102,6 +103,34 @@ def test_config_keys_that_may_change_and_keys_older_checkpoints_lack():
     current["replay"]["alpha"] = 0.5
     assert incompatible_keys(older, current) == {"model.attn_implementation": (None, "eager"),
                                                  "replay.alpha": (1.0, 0.5)}
+
+
+def test_replay_keys_the_method_does_not_read_may_differ():
+    """Only the replay.* keys METHODS[name].reads are compared: grpo reads none, naive replay no alpha."""
+    saved = asdict(Config())
+    current = copy.deepcopy(saved)
+    current["replay"].update(alpha=0.0, unit="group", tau_max=None, capacity=7)
+    assert incompatible_keys(saved, current) == {}  # grpo
+    saved["method"]["name"] = current["method"]["name"] = "naive_replay"
+    assert incompatible_keys(saved, current) == {"replay.capacity": (saved["replay"]["capacity"], 7)}
+
+
+def test_naive_replay_checkpoint_resumes_whatever_unread_replay_keys_hold(tmp_path):
+    """A naive-replay checkpoint written when its preset also set replay.unit/tau_max/alpha
+    (keys it never read) resumes under today's preset; a key it reads still refuses, by name."""
+    run = tmp_path / "run"
+
+    def cmd(*extra: str, steps: int) -> list[str]:
+        return [o for o in train_cmd(run, *extra, steps=steps) if o != "method=replay"] + ["method=naive_replay"]
+
+    subprocess.run(cmd("replay.unit=group", "replay.tau_max=null", "replay.alpha=0", steps=2),
+                   check=True, env=env(), capture_output=True)
+    out = subprocess.run(cmd("resume=auto", steps=3), env=env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [r["step"] for r in comparable(run)] == [1, 2, 3]
+    out = subprocess.run(cmd("resume=auto", "replay.capacity=64", steps=4), env=env(), capture_output=True, text=True)
+    assert out.returncode == 2 and "replay.capacity" in out.stderr and "Traceback" not in out.stderr
+    assert "replay.alpha" not in out.stderr and "replay.unit" not in out.stderr
 
 
 def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):

@@ -12,10 +12,10 @@ Choices the paper leaves open, made here:
 - `sample` enforces eligibility itself (born strictly before `step`, age <= tau_max,
   reuse < max_reuse), so a caller who forgot `evict` still never trains on stale data.
 - Returned `Rollout.reuse` is the count *after* this draw (this replay included).
-- Returned tensors are views of the buffer's immutable storage: do not modify them
-  in place (the loss never does; padding into a batch copies). Later adds, evictions
-  and compactions never change them. Drawn rollouts of one group share one prompt
-  tensor.
+- Returned rollouts are `StoredRollout`s (drawn.py): their tensors are views of the
+  buffer's immutable storage, made when a field is first read. Do not modify them in
+  place (the loss never does; padding into a batch copies). Later adds, evictions and
+  compactions never change them. Drawn rollouts of one group share one prompt tensor.
 - Group unit (`unit="group"`, and the naive buffer): groups are drawn without
   replacement and taken whole; the last group is truncated (members drawn by the
   same priority) so exactly min(n, eligible) rollouts come back. Replay ratios then
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from itertools import compress
 from operator import attrgetter
 from typing import Any, Literal, Self, Sequence
 
@@ -171,7 +172,7 @@ class ReplayBuffer(BaseReplayBuffer):
         adv = list(map(_advantage, rollouts))
         if not all(map(math.isfinite, adv)):
             raise ValueError("advantages must be finite")
-        keep = [r for r, a in zip(rollouts, adv) if a != 0.0]
+        keep = list(compress(rollouts, adv))  # A != 0 (0.0 and -0.0 are false)
         start = self._store.append(keep)
         self._set_log_w(start)
         return len(keep)

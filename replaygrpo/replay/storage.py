@@ -9,18 +9,20 @@ scalars (birth step, advantage, reuse count, offsets into the chunk, ...) live i
 tensors indexed by *slot*, so eviction, eligibility and the priority draw are vectorised
 over the buffer. No Python object is kept per stored rollout or group.
 
-Reads. `rollouts(slots)` is the only place `Rollout` records are made, for the few
-slots a sample draws: two views per rollout (completion ids, log-probs) sliced from
-its chunk, and one prompt view per distinct group among them, shared by its drawn
-rollouts. Nothing is copied.
+Reads. `rollouts(slots)` is the only place records are made, for the few slots a
+sample draws: one `StoredRollout` per slot (drawn.py), its scalars set and its tensors
+sliced from its chunk on first read. A draw of 512 thus makes ~520 tracked objects in the
+buffer's step rather than ~2,000 (records, two views each, a prompt view per group); the
+views are made by whoever reads them (the update reads them all). The drawn rollouts of
+one group share one prompt view. Nothing is copied.
 
 Cost at paper scale (scripts/bench_buffer.py: add 1,024 rollouts of 1,000 tokens,
-evict, sample 512 of 100,000): copying the added tokens once, making the ~1,500
-views and 512 records a sample returns, and vector ops over the ~100k slots.
+evict, sample 512 of 100,000): copying the added tokens once, reading the added records
+field by field, vector ops over the ~100k slots, and 512 records for the draw.
 `append` reads each field of each rollout once, converts the scalars with
 array.array, copies tokens and log-probs with one `torch.cat` each, and checks that
-a group's rollouts share a prompt from the tensors' memory addresses (rows of one
-prompt batch) before comparing any tokens.
+a group's rollouts share a prompt by identity (as `make_rollouts` gives them), else
+from the tensors' memory addresses (rows of one prompt batch), before comparing any tokens.
 
 Invariants the buffers rely on:
 - Live slots are always in insertion order (dead slots are compacted away with
@@ -28,24 +30,25 @@ Invariants the buffers rely on:
   "live eligible slots in order", so the same generator state gives the same draw.
 - Chunks are never written after they are built: `kill`, `_compact` and `_repack`
   only write the columns, and a repack copies the live rollouts into a new chunk. A
-  returned rollout's tensors are views of a chunk, and a view keeps its chunk's memory
-  alive (torch counts references to storage), so no later add, evict, repack or
-  compaction can change or free what an earlier `sample` handed out.
+  returned rollout holds its chunk object (and, once read, views of its tensors), so
+  no later add, evict, repack or compaction can change or free what an earlier
+  `sample` handed out, read before or after.
 - A chunk is rebuilt when fewer than half of its completion tokens are live, and
   freed when none are, so memory stays within about 2x of the live tokens.
 """
 from __future__ import annotations
 
 from array import array
-from dataclasses import MISSING, dataclass, fields
-from itertools import starmap
-from operator import attrgetter, eq
+from dataclasses import dataclass
+from itertools import repeat, starmap
+from operator import attrgetter, eq, is_, is_not
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from replaygrpo.records import Rollout
+from replaygrpo.replay.drawn import Draw, records
 
 # Per-slot columns. int64 everywhere keeps indexing simple; at ~100 bytes a rollout
 # this is ~0.1 byte per token for 1,000-token completions.
@@ -67,24 +70,7 @@ COLUMNS: dict[str, torch.dtype] = {
 _dtype = attrgetter("dtype")
 _ARRAY_CODE = {torch.int64: "q", torch.float64: "d"}  # array.array type codes
 
-# `rollouts` builds records positionally from these leading fields (any later field
-# must have a default); checked here so a reordered record fails loudly, not silently.
-_ROLLOUT_FIELDS = ("prompt_ids", "completion_ids", "old_logprobs", "reward", "advantage", "birth_step", "prompt_id",
-                   "group_id", "reuse", "behaviour_logprobs")
-
-
-def _check_rollout_fields() -> None:
-    names = [f.name for f in fields(Rollout)]
-    later = fields(Rollout)[len(_ROLLOUT_FIELDS):]
-    if tuple(names[: len(_ROLLOUT_FIELDS)]) != _ROLLOUT_FIELDS or any(
-            f.default is MISSING and f.default_factory is MISSING for f in later):
-        raise ImportError(f"replay/storage.py builds Rollout records positionally from {_ROLLOUT_FIELDS}; "
-                          f"records.Rollout has {names}: update RolloutStore.rollouts")
-
-
-_check_rollout_fields()
-
-# Integer columns `RolloutStore.rollouts` reads (with one tolist), in unpacking order.
+# Integer columns `RolloutStore._locate` reads (with one tolist), in unpacking order.
 _INT_COLUMNS = ("chunk", "c_off", "c_len", "p_off", "p_len", "birth", "prompt_id", "group", "reuse")
 
 
@@ -117,33 +103,40 @@ def _pack(
     behavs: Sequence[Tensor | None],
 ) -> tuple[_Chunk, dict[str, Tensor]]:
     """Concatenate rollouts (given field by field) into one chunk; return it and their offset columns."""
-    c_len = list(map(Tensor.numel, comps))
-    if c_len != list(map(Tensor.numel, logps)):
+    # len() is a C slot, several times cheaper per tensor than .numel(); the dims of the
+    # concatenation below confirm that every tensor was 1-D, so len() was its numel.
+    c_len = list(map(len, comps))
+    if c_len != list(map(len, logps)):
         raise ValueError("each rollout needs one old log-prob per completion token")
-    kept = sum(b is not None for b in behavs)
+    kept = sum(map(is_not, behavs, repeat(None)))
     if kept not in (0, len(behavs)):  # a chunk holds them for all its rollouts or for none
         raise ValueError("rollouts added together must all carry behaviour_logprobs or none")
-    if kept and c_len != list(map(Tensor.numel, behavs)):
+    if kept and c_len != list(map(len, behavs)):  # type: ignore[arg-type]
         raise ValueError("each rollout needs one behaviour log-prob per completion token")
     # Prompt dedup: a group's prompt is stored once, taken from its first rollout.
     first: dict[int, int] = {}  # group_id -> index of its first rollout here
     src = [first.setdefault(g, i) for i, g in enumerate(groups)]
     # A shared group id promises a shared prompt; check it rather than silently train
-    # a rollout on another rollout's prompt. Contiguous tensors of one dtype and
-    # length at one address hold the same tokens (rows of one prompt batch): when that
-    # holds for every rollout, a few C-level passes settle it; otherwise torch.equal
-    # compares the pairs it does not settle.
-    ptr, num = list(map(Tensor.data_ptr, prompts)), list(map(Tensor.numel, prompts))
-    same_memory = (all(map(eq, ptr, map(ptr.__getitem__, src))) and all(map(eq, num, map(num.__getitem__, src)))
-                   and all(map(Tensor.is_contiguous, prompts)) and len(set(map(_dtype, prompts))) == 1)
-    if not same_memory:
-        pairs = [(p, prompts[j]) for p, j in zip(prompts, src) if p is not prompts[j]]
-        if not all(starmap(torch.equal, pairs)):
-            raise ValueError("rollouts with the same group_id must have the same prompt_ids")
+    # a rollout on another rollout's prompt. One tensor object per group (as
+    # make_rollouts gives) settles it in one C-level pass. Else contiguous tensors of one
+    # dtype and length at one address hold the same tokens (rows of one prompt batch):
+    # when that holds for every rollout, a few more passes settle it; otherwise
+    # torch.equal compares the pairs it does not settle.
+    heads_of = list(map(prompts.__getitem__, src))
+    if not all(map(is_, prompts, heads_of)):
+        ptr, num = list(map(Tensor.data_ptr, prompts)), list(map(Tensor.numel, prompts))
+        same_memory = (all(map(eq, ptr, map(ptr.__getitem__, src))) and all(map(eq, num, map(num.__getitem__, src)))
+                       and all(map(Tensor.is_contiguous, prompts)) and len(set(map(_dtype, prompts))) == 1)
+        if not same_memory:
+            pairs = [(p, h) for p, h in zip(prompts, heads_of) if p is not h]
+            if not all(starmap(torch.equal, pairs)):
+                raise ValueError("rollouts with the same group_id must have the same prompt_ids")
     # torch.cat copies, so the chunk owns compact storage even when the caller's
     # tensors are row views of a padded batch.
     ids = torch.cat(comps).detach().to("cpu", torch.int32)
     logp = torch.cat(logps).detach().to("cpu", torch.float32)
+    if ids.dim() != 1 or logp.dim() != 1:
+        raise ValueError("completion_ids and old_logprobs must be 1-D tensors, one value per completion token")
     heads = [prompts[j] for j in first.values()]
     head_len_list = list(map(Tensor.numel, heads))
     if 0 in head_len_list:  # an empty prompt has no position to score the first token from
@@ -161,6 +154,8 @@ def _pack(
         "p_len": head_len[group],
     }
     behav = torch.cat(behavs).detach().to("cpu", torch.float32) if kept else None  # type: ignore[arg-type]
+    if behav is not None and behav.dim() != 1:
+        raise ValueError("behaviour_logprobs must be 1-D tensors, one value per completion token")
     chunk = _Chunk(ids, logp, flat_prompts, live=len(comps), live_tokens=int(ids.numel()), behav=behav)
     return chunk, cols
 
@@ -263,27 +258,23 @@ class RolloutStore:
             self._compact()
         return int(slots.numel())
 
-    def rollouts(self, slots: Tensor) -> list[Rollout]:
-        """Rollouts at `slots`, in that order; their tensors are views of immutable chunks."""
+    def _locate(self, slots: Tensor) -> tuple[Draw, list[list[int]]]:
+        """Where the rollouts at `slots` are, and their (birth, prompt_id, group, reuse) columns as lists."""
         cols = self._cols
         ints = torch.stack([cols[k].index_select(0, slots) for k in _INT_COLUMNS])
         ints[2] += ints[1]  # completion end
-        cid, c_start, c_end, p_off, p_len, birth, prompt_id, group, reuse = ints.tolist()
+        pkey = ints[0] << 32 | ints[3]  # (chunk, prompt offset) as one int: a group's prompt
+        cid, c_start, c_end, p_off, p_len, *rest = ints.tolist()
+        return Draw(list(map(self._chunks.__getitem__, cid)), pkey.tolist(), c_start, c_end, p_off, p_len), rest
+
+    def rollouts(self, slots: Tensor) -> list[Rollout]:
+        """Rollouts at `slots`, in that order: `StoredRollout`s, whose tensors are views of
+        immutable chunks made on first read."""
+        draw, (birth, prompt_id, group, reuse) = self._locate(slots)
+        cols = self._cols
         reward, adv = torch.stack([cols[k].index_select(0, slots) for k in ("reward", "advantage")]).tolist()
-        chunks = [self._chunks[c] for c in cid]
-        # One prompt view per distinct group among the drawn, shared by its rollouts.
-        views: dict[tuple[int, int], Tensor] = {}
-        prompts = []
-        for ch, c, o, n in zip(chunks, cid, p_off, p_len):
-            view = views.get((c, o))
-            if view is None:
-                view = views[c, o] = ch.prompts[o : o + n]
-            prompts.append(view)
-        comps = [ch.ids[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
-        logps = [ch.logp[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
-        behavs = [None if ch.behav is None else ch.behav[s:e] for ch, s, e in zip(chunks, c_start, c_end)]
-        # Positional construction, a quarter of the cost of keywords (order checked above).
-        return list(starmap(Rollout, zip(prompts, comps, logps, reward, adv, birth, prompt_id, group, reuse, behavs)))
+        return records(draw, {"reward": reward, "advantage": adv, "birth_step": birth, "prompt_id": prompt_id,
+                              "group_id": group, "reuse": reuse})
 
     def _reserve(self, n: int) -> None:
         cap = self._cols["alive"].numel()
@@ -303,9 +294,9 @@ class RolloutStore:
 
     def _repack(self, cid: int) -> None:
         slots = ((self.col("chunk") == cid) & self.col("alive")).nonzero().squeeze(1)
-        rs = self.rollouts(slots)
-        chunk, cols = _pack(*(list(map(attrgetter(f), rs)) for f in
-                              ("prompt_ids", "completion_ids", "old_logprobs", "group_id", "behaviour_logprobs")))
+        draw, (_, _, group, _) = self._locate(slots)
+        prompts, comps, logps, behavs = zip(*map(draw.tensors, range(len(group))))
+        chunk, cols = _pack(prompts, comps, logps, group, behavs)
         self._chunks[cid] = chunk
         for name, values in cols.items():
             self._cols[name][slots] = values
