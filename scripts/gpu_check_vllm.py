@@ -76,7 +76,7 @@ def instrument(record: Recorder) -> None:
                completion_tokens=sum(int(c.token_ids.numel()) for g in out for c in g), greedy=params.temperature == 0)
         return out
 
-    update = train_mod.update_step
+    update = train_mod.update
 
     def counted_update(model, optimizer, batch, *a, **k):
         t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def instrument(record: Recorder) -> None:
 
     engine_cls.__init__, engine_cls.sleep, engine_cls.sync_weights = timed_init, timed_sleep, timed_sync
     engine_cls.generate = counted_generate
-    train_mod.update_step = counted_update
+    train_mod.update = counted_update
 
 
 def summarize(rows: list[dict[str, Any]], events: list[dict[str, Any]], params: int, peak_flops: float | None,

@@ -9,7 +9,7 @@
 #
 # Per regime, Hydra multiruns (one per lane), then `replaygrpo compare` on the regime's sweep dirs
 # (the report: AUC of accuracy vs rollouts as the primary metric, paired tests, Holm, TOST with
-# margin MARGIN; and the same against wall-clock seconds):
+# margin MARGIN; the same against wall-clock seconds; and every arm against the paper's replay):
 #   paper regime    (lr 1e-4, the paper's replay: tau_max 2, ratio 1): grpo, grpo with 4 mini-batches,
 #                   grpo_2x (twice the prompts), naive replay, replay
 #   leverage regime (lr 3e-4, replay tau_max 4, ratio 0.5: a pool several times R, rollouts
@@ -84,12 +84,17 @@ else
     | tee -a "$ROOT/time.txt"
   mkdir -p "$OUT"
 fi
+declare -A REPLAY=([paper]=toy_replay [leverage]=toy_lev_replay)
 for regime in $REGIMES; do
   dirs=()
   for ((lane = 0; lane < LANES; lane++)); do dirs+=("$ROOT/$regime/lane$lane"); done
-  for axis in rollouts time; do
+  # Against GRPO at equal rollouts and at equal wall-clock; then every arm against the paper's replay
+  # (what each ablation of its design changes).
+  for report in "toy_grpo rollouts" "toy_grpo time" "${REPLAY[$regime]} rollouts"; do
+    read -r base axis <<< "$report"
     suffix=$([ "$axis" = rollouts ] && echo "" || echo "_$axis")
-    COMPARE=("$RG" compare "${dirs[@]}" --baseline experiment=toy_grpo --margin "$MARGIN" --x "$axis"
+    [ "$base" = toy_grpo ] || suffix="_vs_replay"
+    COMPARE=("$RG" compare "${dirs[@]}" --baseline "experiment=$base" --margin "$MARGIN" --x "$axis"
              --out "$OUT/toy_experiment_$regime$suffix.md")
     if [ "$DRY_RUN" = 1 ]; then echo "${COMPARE[*]}"; else "${COMPARE[@]}"; fi
   done

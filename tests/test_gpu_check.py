@@ -59,7 +59,7 @@ def test_instrument_wraps_the_engine_and_the_update(helper, tmp_path, monkeypatc
     cls = vllm_engine.VLLMEngine
     for name in ("__init__", "sleep", "sync_weights", "generate"):
         monkeypatch.setattr(cls, name, getattr(cls, name))  # restored after the test
-    monkeypatch.setattr(train_mod, "update_step", train_mod.update_step)
+    monkeypatch.setattr(train_mod, "update", train_mod.update)
     before = cls.sleep
     helper.instrument(helper.Recorder(str(tmp_path / "events.jsonl")))
-    assert cls.sleep is not before and train_mod.update_step.__name__ == "counted_update"
+    assert cls.sleep is not before and train_mod.update.__name__ == "counted_update"

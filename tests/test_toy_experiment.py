@@ -56,9 +56,11 @@ def test_script_dry_run_prints_both_regimes_in_seed_lanes() -> None:
     assert "experiment=toy_grpo,toy_grpo_mb,toy_grpo_2x,toy_naive_replay,toy_replay " in paper
     assert "trainer.lr=3e-4" in leverage and "toy_lev_no_clip" in leverage and "toy_grpo_mb" in leverage
     compares = [line for line in out if " compare " in line]
-    assert len(compares) == 4 and all("--baseline experiment=toy_grpo" in c and "lane0 " in c and "lane1 " in c
-                                      for c in compares)
+    assert len(compares) == 6 and all("lane0 " in c and "lane1 " in c for c in compares)
+    assert sum("--baseline experiment=toy_grpo " in c for c in compares) == 4
     assert sum("--x time" in c for c in compares) == 2
+    assert any("--baseline experiment=toy_lev_replay " in c and c.endswith("toy_experiment_leverage_vs_replay.md")
+               for c in compares)
 
 
 def test_mini_batch_arm_is_grpo_with_four_steps() -> None:
