@@ -148,7 +148,7 @@ def update_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     total_tokens = sum(r.completion_ids.numel() for r in rollouts)
     total_seqs = len(rollouts)
     kl_on = ref_model is not None and opts.kl_coef > 0
-    active = [i for i, r in enumerate(rollouts) if not (opts.skip_zero_advantage and not kl_on and r.advantage == 0)]
+    active = _forwarded(rollouts, opts, kl_on)
     layout = choose_layout(opts.layout, model)
     plan = [[active[j] for j in mb] for mb in micro_batches([rollouts[i] for i in active], opts.token_budget)]
     if distributed.active():
@@ -253,7 +253,7 @@ def score_pi_old(model: torch.nn.Module, batch: UpdateBatch, opts: UpdateOptions
     rollouts = list(batch.rollouts)
     gap_rows = torch.zeros(4, len(rollouts))
     device = next(model.parameters()).device
-    fresh = [i for i in _forwarded(rollouts[:batch.num_fresh], opts, kl_on)]
+    fresh = _forwarded(rollouts[:batch.num_fresh], opts, kl_on)
     layout = choose_layout(opts.layout, model)
     plan = [[fresh[j] for j in mb] for mb in micro_batches([rollouts[i] for i in fresh], opts.token_budget)]
     if distributed.active():
@@ -268,16 +268,15 @@ def score_pi_old(model: torch.nn.Module, batch: UpdateBatch, opts: UpdateOptions
         dtype = opts.autocast_dtype
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logp = completion_logprobs(model, cb, opts.temperature, opts.chunk_size, layout).float()
-        engine = right_pad([engine_logprobs(r, True, opts.old_logprobs) for r in mb], cb.mask.shape[1], 0.0,
-                           torch.float32).to(device)
+        behaviour = [engine_logprobs(r, True, opts.old_logprobs) for r in mb]
+        engine = right_pad(behaviour, cb.mask.shape[1], 0.0, torch.float32).to(device)
         gap = logprob_gap(logp, engine, cb.mask)
         gap_rows[:, torch.tensor(rows)] = torch.stack([gap["abs_sum"], gap["abs_max"], gap["k3_sum"],
                                                        gap["tokens"]]).cpu()
         logp = logp.cpu()
         for row, (i, r) in enumerate(zip(rows, mb)):
-            behaviour = engine_logprobs(r, True, opts.old_logprobs)
             rollouts[i] = dataclasses.replace(r, old_logprobs=logp[row, :r.num_tokens].clone(),
-                                              behaviour_logprobs=behaviour)
+                                              behaviour_logprobs=behaviour[row])
     tokens = sum(rollouts[i].num_tokens for i in fresh)
     positions = tokens + sum(rollouts[i].prompt_ids.numel() for i in fresh)
     return rollouts, gap_rows, tokens, positions

@@ -49,3 +49,8 @@ def test_unknown_eval_benchmark_names_the_key(tmp_path):
     out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={tmp_path}", "data=math_train",
                                                         "trainer.eval_benchmark=gsm8k")])
     assert out.exit_code == 2 and "trainer.eval_benchmark" in out.output and "math500" in out.output
+
+
+def test_eval_benchmark_on_toy_data_is_refused(tmp_path):
+    out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={tmp_path}", "trainer.eval_benchmark=math500")])
+    assert out.exit_code == 2 and "trainer.eval_benchmark" in out.output and "data=toy" in out.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from replaygrpo.cli import CONF_DIR
 from replaygrpo.config import ConfigError
@@ -15,15 +14,8 @@ from replaygrpo.update import UpdateOptions, update, update_step
 from replaygrpo.variants import load_config
 
 from tests.conftest import train_toy as run
+from tests.test_tis import V, tiny_model
 
-V = 64
-
-
-def tiny_model() -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    return Qwen3ForCausalLM(Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        tie_word_embeddings=True)).train()
 
 
 def logprobs(model: torch.nn.Module, rows: list[Rollout]) -> list[torch.Tensor]:

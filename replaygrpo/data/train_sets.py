@@ -81,9 +81,12 @@ def toy_test_set(cfg: Config) -> list[Problem]:
 def heldout_set(cfg: Config) -> list[Problem]:
     """The in-training eval set: the toy test set; on real data a fixed subset of `trainer.eval_benchmark`
     (trainer.eval_size problems drawn with seed 0, in file order: the same for every run), or none."""
-    if cfg.data.name == "toy":
-        return toy_test_set(cfg)
     name = cfg.trainer.eval_benchmark
+    if cfg.data.name == "toy":
+        if name is not None:  # it would do nothing: the toy lab evaluates its own test set
+            raise DataError(f"config key `trainer.eval_benchmark` is {name!r} with data=toy; allowed there: null "
+                            "(the toy lab always evaluates its own test set).")
+        return toy_test_set(cfg)
     if name is None:
         return []
     from replaygrpo.data.benchmarks import HUB, load_benchmark
