@@ -58,6 +58,11 @@ class ModelConfig:
     """Toy only: seed of the warm start; kept apart from `seed` so every RL seed starts from one base."""
 
 
+TOY_ONLY_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "warmstart_steps",
+                 "warmstart_lr", "warmstart_batch_size", "warmstart_seed")
+"""The model.* keys that describe the `name_or_path=toy` warm start; any other model is refused a non-default one."""
+
+
 @dataclass
 class DataConfig:
     name: str = "toy"

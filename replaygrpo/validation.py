@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from replaygrpo.config import Config
+from replaygrpo.config import TOY_ONLY_KEYS, Config, ModelConfig
 from replaygrpo.registry import ConfigError
 
 __all__ = ["CHOICES", "to_config", "validate"]
@@ -127,6 +127,13 @@ def validate(cfg: Config) -> Config:
     if cfg.data.name == "toy":
         _require(cfg.data.num_train >= t.prompts_per_step, "data.num_train", cfg.data.num_train,
                  "at least trainer.prompts_per_step")
+    if cfg.model.name_or_path != "toy":  # else the shape and warm-start keys would be ignored without a word
+        default = ModelConfig()
+        for key in TOY_ONLY_KEYS:
+            value = getattr(cfg.model, key)
+            _require(value == getattr(default, key), f"model.{key}", value,
+                     f"{getattr(default, key)!r} (its default) unless model.name_or_path=toy, the warm start built "
+                     f"from these keys; {cfg.model.name_or_path!r} brings its own shape and weights")
     _require(cfg.model.hidden_size % cfg.model.num_heads == 0, "model.hidden_size", cfg.model.hidden_size,
              "a multiple of model.num_heads")
     _require(cfg.model.num_heads % cfg.model.num_kv_heads == 0, "model.num_kv_heads",

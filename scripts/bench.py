@@ -43,8 +43,8 @@ from bench_report import fmt_ms, render  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SIZES = {
-    "toy": [],
-    "31.5M": ["model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
+    "toy": [],  # the shipped toy-strong base
+    "31.5M": ["model.name_or_path=toy", "model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
               "model.intermediate_size=2048", "model.warmstart_steps=0",
               # Random init earns no reward, so every advantage is 0: without this the update would
               # skip every row and the row would compare nothing.
@@ -81,20 +81,21 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def warm_start_dir(overrides: list[str]) -> Path:
-    """The model directory replaygrpo trains from for these overrides (built and cached if absent)."""
+def model_dir(overrides: list[str]) -> Path:
+    """The directory replaygrpo trains from for these overrides (a shipped base, or the `toy` warm start,
+    built and cached if absent): TRL is handed the same one."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from replaygrpo.config import register_configs
-    from replaygrpo.toymodel import warm_start
+    from replaygrpo.toymodel import resolve_toy
     from replaygrpo.validation import to_config
 
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = to_config(compose("config", overrides=[*overrides, f"cache_dir={REPO / '.cache'}"]))
-    return (REPO / warm_start(cfg)).resolve()
+    return (REPO / resolve_toy(cfg)[0]).resolve()
 
 
 def run_trl(model_dir: Path, steps: int, out: Path) -> dict:
@@ -109,7 +110,7 @@ def run_trl(model_dir: Path, steps: int, out: Path) -> dict:
 
 def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
     """replaygrpo and TRL, interleaved; per-step medians after warm-up and the ratio per repeat."""
-    model_dir = warm_start_dir(SIZES[size])
+    path = model_dir(SIZES[size])
     rg_rows: list[list[dict]] = []
     trl_runs: list[dict] = []
     for rep in range(repeats):
@@ -118,7 +119,7 @@ def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
                 rows = run_train(["method=grpo", *PEER, *SIZES[size]], steps, work, f"peer-{size}-{rep}")
                 rg_rows.append(rows[warmup:-1])  # the last step includes the final toy eval
             else:
-                r = run_trl(model_dir, steps, work / f"trl-{size}-{rep}.json")
+                r = run_trl(path, steps, work / f"trl-{size}-{rep}.json")
                 trl_runs.append({"steps": r["steps"][warmup:], "tokens": r["tokens_generated"][warmup:],
                                  "params": r["params"], "trl_version": r["trl_version"]})
     rg_step = [med(r["time/step"] for r in rows) for rows in rg_rows]
@@ -129,7 +130,7 @@ def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
     trl_tok = med(t for run in trl_runs for t in run["tokens"])
     rg_s, trl_s = med(r["time/step"] for r in rg_all), med(s["step"] for s in trl_all)
     return {
-        "size": size, "model_dir": str(model_dir), "params": trl_runs[0]["params"], "steps": steps,
+        "size": size, "model_dir": str(path), "params": trl_runs[0]["params"], "steps": steps,
         "warmup": warmup, "repeats": repeats,
         "rg_s": rg_s, "trl_s": trl_s, "ratio": trl_s / rg_s,
         "ratio_per_repeat": [t / r for t, r in zip(trl_step, rg_step)],
@@ -150,7 +151,7 @@ def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
 
 
 def buffer_bench(quick: bool) -> dict:
-    cmd = [PY, str(REPO / "scripts" / "bench_buffer.py"), "--steps", "5" if quick else "20"]
+    cmd = [PY, str(REPO / "scripts" / "bench_buffer.py"), "--steps", "5" if quick else "60"]
     if quick:
         cmd += ["--size", "20000"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

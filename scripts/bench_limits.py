@@ -26,9 +26,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {
-    "toy": [],
-    "31.5M": ["model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
-              "model.intermediate_size=2048", "model.warmstart_steps=0"],
+    "toy": [],  # the shipped toy-strong base
+    "31.5M": ["model.name_or_path=toy", "model.hidden_size=512", "model.num_layers=8", "model.num_heads=8",
+              "model.num_kv_heads=4", "model.intermediate_size=2048", "model.warmstart_steps=0"],
 }
 PEER = ["trainer.prompts_per_step=8", "trainer.group_size=8", "engine.max_new_tokens=24",
         "trainer.skip_zero_advantage=false"]

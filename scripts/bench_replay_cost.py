@@ -176,6 +176,12 @@ def marginal_update_cost(overrides: list[str], reps: int) -> dict:
             "extra_update_s": med(b - a for a, b in zip(base, both)), "bookkeeping_s": med(books)}
 
 
+def update_rate(rows: list[dict]) -> float:
+    """Median update seconds per forwarded token, over the steps that forwarded any (a step whose every
+    group has one reward forwards nothing and only steps the optimiser)."""
+    return med(r["time/update"] / r["tokens/forwarded"] for r in rows if r["tokens/forwarded"] > 0)
+
+
 def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_reps: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_replay_"))
     runs: dict[str, list[list[dict]]] = {"grpo": [], "replay": []}
@@ -187,14 +193,14 @@ def measure(steps: int, repeats: int, warmup: int, overrides: list[str], micro_r
     # Steady state: the buffer supplies a full replay batch (early steps fill it).
     rp_all = [r for rows in runs["replay"] for r in rows]
     rp = [r for r in rp_all if r["batch/n_replay"] >= r["batch/n_fresh"]] or rp_all
-    per_token = med(r["time/update"] / r["tokens/forwarded"] for r in g)
+    per_token = update_rate(g)
     extra_tokens = med(r["tokens/trained"] - r["tokens/generated"] for r in rp)
     extra_nongen = med(map(nongen, rp)) - med(map(nongen, g))
     extra_step = med(r["time/step"] for r in rp) - med(r["time/step"] for r in g)
     per_rep = []
     for a, b in zip(runs["grpo"], runs["replay"]):
         b = [r for r in b if r["batch/n_replay"] >= r["batch/n_fresh"]] or b
-        pt = med(r["time/update"] / r["tokens/forwarded"] for r in a)
+        pt = update_rate(a)
         xt = med(r["tokens/trained"] - r["tokens/generated"] for r in b)
         per_rep.append((med(map(nongen, b)) - med(map(nongen, a))) / (pt * xt))
     micro = marginal_update_cost([*overrides], micro_reps)

@@ -73,3 +73,13 @@ def test_unknown_and_ill_typed_keys_rejected():
         composed("trainer.foo=1")
     with pytest.raises(Exception, match="steps"):
         composed("trainer.steps=many")
+
+
+@pytest.mark.parametrize("model", ["model=toy", "model=toy_weak", "model=qwen3_0.6b"])
+@pytest.mark.parametrize("key", ["model.hidden_size=512", "model.warmstart_steps=0"])
+def test_toy_recipe_keys_refused_for_a_model_that_ignores_them(model, key):
+    """A shipped base or hub model has its own shape: a size or warm-start key would change nothing."""
+    with pytest.raises(ConfigError, match=rf"{key.split('=')[0].replace('.', chr(92) + '.')}.*name_or_path=toy"):
+        composed(model, key)
+    cfg = composed(model, "model.name_or_path=toy", key)  # the warm start built from them reads them
+    assert cfg.model.name_or_path == "toy"

@@ -103,15 +103,16 @@ def _pack(
     behavs: Sequence[Tensor | None],
 ) -> tuple[_Chunk, dict[str, Tensor]]:
     """Concatenate rollouts (given field by field) into one chunk; return it and their offset columns."""
-    # len() is a C slot, several times cheaper per tensor than .numel(); the dims of the
-    # concatenation below confirm that every tensor was 1-D, so len() was its numel.
-    c_len = list(map(len, comps))
-    if c_len != list(map(len, logps)):
+    # map(Tensor.numel) runs in C (len() on a tensor is a Python method, ~7x slower); the
+    # dims of the concatenation below confirm that every tensor was 1-D.
+    numel = Tensor.numel
+    c_len = list(map(numel, comps))
+    if c_len != list(map(numel, logps)):
         raise ValueError("each rollout needs one old log-prob per completion token")
     kept = sum(map(is_not, behavs, repeat(None)))
     if kept not in (0, len(behavs)):  # a chunk holds them for all its rollouts or for none
         raise ValueError("rollouts added together must all carry behaviour_logprobs or none")
-    if kept and c_len != list(map(len, behavs)):  # type: ignore[arg-type]
+    if kept and c_len != list(map(numel, behavs)):  # type: ignore[arg-type]
         raise ValueError("each rollout needs one behaviour log-prob per completion token")
     # Prompt dedup: a group's prompt is stored once, taken from its first rollout.
     first: dict[int, int] = {}  # group_id -> index of its first rollout here
