@@ -260,3 +260,19 @@ def test_pool_kills_a_hanging_answer_and_goes_on() -> None:
 def test_pool_rejects_mismatched_lengths(pool: GradingPool) -> None:
     with pytest.raises(ValueError):
         pool.grade_many(["a"], [])
+
+
+def test_in_process_pool_starts_its_helper_up_front() -> None:
+    """With num_workers=0 the math-verify helper starts with the pool, so its ~0.6 s start
+    lands in the caller's setup rather than in whichever training step first needs it."""
+    from replaygrpo.grading import pool as pool_mod
+
+    with pool_mod._helper_lock:
+        if pool_mod._helper is not None:
+            pool_mod._helper.kill()
+        pool_mod._helper = None
+    with GradingPool(num_workers=0) as local:
+        helper = pool_mod._helper
+        assert helper is not None and helper.proc.is_alive()  # before any answer was graded
+        assert local.grade_many([r"\boxed{\frac{1}{\sqrt{3}}}"], [r"\frac{\sqrt{3}}{3}"]) == [True]
+        assert pool_mod._helper is helper  # the same process served it
