@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from replaygrpo.config import TOY_ONLY_KEYS
+
 log = logging.getLogger("replaygrpo")
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -26,7 +28,8 @@ def eval_after_train(run_dir: Path, out: str, overrides: list[str]) -> None:
     is the process's only one (vLLM allows one sleep-mode engine per process)."""
     from replaygrpo.evaluate import EvalError
 
-    replaced = ("model.name_or_path", "eval.out", "hydra.run.dir")
+    # The run dir holds the trained weights: the keys that described a `toy` warm start no longer apply.
+    replaced = ("model.name_or_path", "eval.out", "hydra.run.dir", *(f"model.{k}" for k in TOY_ONLY_KEYS))
     keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced]
     cmd = [sys.executable, "-m", "replaygrpo", "eval", *keep, f"model.name_or_path={_quote(str(run_dir))}",
            f"eval.out={_quote(out)}", f"hydra.run.dir={_quote(str(Path(out) / 'hydra'))}"]

@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SIZES = {
     "toy": [],  # the shipped toy-strong base
-    "31.5M": ["model.name_or_path=toy", "model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=4",
-              "model.intermediate_size=2048", "model.warmstart_steps=0",
+    "31.5M": ["model.name_or_path=toy", "model.hidden_size=512", "model.num_layers=8", "model.num_heads=8",
+              "model.num_kv_heads=4", "model.intermediate_size=2048", "model.warmstart_steps=0",
               # Random init earns no reward, so every advantage is 0: without this the update would
               # skip every row and the row would compare nothing.
               "trainer.skip_zero_advantage=false"],

@@ -74,7 +74,8 @@ def render(info: dict, res: dict, wall: float, quick: bool) -> str:
         out += ["", "Steps per run: " + ", ".join(
                     f"{p['size']} {p['steps']} ({p['warmup']} warm-up dropped)" for p in res["peer"])
                 + "; replaygrpo's last step, which holds the final toy eval, is dropped too; interleaved "
-                "repeats per side: " + ", ".join(f"{p['size']} {p['repeats']}" for p in res["peer"]) + ". toy = the shipped toy-strong base; 31.5M = the toy lab's Qwen3 at hidden 512, "
+                "repeats per side: " + ", ".join(f"{p['size']} {p['repeats']}" for p in res["peer"])
+                + ". toy = the shipped toy-strong base; 31.5M = the toy lab's Qwen3 at hidden 512, "
                 "8 layers, 8 heads / 4 KV heads, MLP 2048, random init (`model.name_or_path=toy "
                 "model.warmstart_steps=0`); both sides load the same directory. In the "
                 "replaygrpo runs (median per step): " + "; ".join(

@@ -79,10 +79,17 @@ def test_non_finite_gradient_skips_the_step():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 
 
-def test_eval_after_train_writes_run_dir_eval(tmp_path):
+# A `toy` warm start's shape keys describe the base, not the run dir the eval loads: they must not reach it.
+TINY_TOY = ("model.name_or_path=toy", "model.hidden_size=32", "model.num_heads=2", "model.num_kv_heads=1",
+            "model.num_layers=1", "model.intermediate_size=64", "model.warmstart_steps=0")
+
+
+@pytest.mark.parametrize("model", [(), TINY_TOY], ids=["shipped_base", "toy_warm_start"])
+def test_eval_after_train_writes_run_dir_eval(tmp_path, model):
     run = tmp_path / "run"
     out = runner.invoke(app, ["train", *toy_overrides(f"hydra.run.dir={run}", "trainer.steps=1", "eval_after_train=true",
-                                                      "eval.benchmarks=[toy]", "eval.limit=16", "eval.max_new_tokens=8")])
+                                                      "eval.benchmarks=[toy]", "eval.limit=16", "eval.max_new_tokens=8",
+                                                      *model)])
     assert out.exit_code == 0, out.output
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["benchmarks"]["toy"]["n"] == 16
