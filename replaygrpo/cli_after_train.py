@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from replaygrpo.config import TOY_ONLY_KEYS
+from replaygrpo.config import READ_ONLY_WHEN
 
 log = logging.getLogger("replaygrpo")
 
@@ -28,8 +28,9 @@ def eval_after_train(run_dir: Path, out: str, overrides: list[str]) -> None:
     is the process's only one (vLLM allows one sleep-mode engine per process)."""
     from replaygrpo.evaluate import EvalError
 
-    # The run dir holds the trained weights: the keys that described a `toy` warm start no longer apply.
-    replaced = ("model.name_or_path", "eval.out", "hydra.run.dir", *(f"model.{k}" for k in TOY_ONLY_KEYS))
+    # The run dir holds the trained weights: keys read only for a `toy` warm start no longer apply.
+    warm_start = tuple(k for k, settings in READ_ONLY_WHEN.items() if "model.name_or_path=toy" in settings)
+    replaced = ("model.name_or_path", "eval.out", "hydra.run.dir", *warm_start)
     keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced]
     cmd = [sys.executable, "-m", "replaygrpo", "eval", *keep, f"model.name_or_path={_quote(str(run_dir))}",
            f"eval.out={_quote(out)}", f"hydra.run.dir={_quote(str(Path(out) / 'hydra'))}"]

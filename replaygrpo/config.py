@@ -58,11 +58,6 @@ class ModelConfig:
     """Toy only: seed of the warm start; kept apart from `seed` so every RL seed starts from one base."""
 
 
-TOY_ONLY_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "warmstart_steps",
-                 "warmstart_lr", "warmstart_batch_size", "warmstart_seed")
-"""The model.* keys that describe the `name_or_path=toy` warm start; any other model is refused a non-default one."""
-
-
 @dataclass
 class DataConfig:
     name: str = "toy"
@@ -330,6 +325,18 @@ memory plan, not its values)."""
 BOOKKEEPING_KEYS = ("seed", "resume", "overwrite", "cache_dir", "device", "eval_after_train", "logger.", "plan.",
                     "checkpoint.", "eval.out", "eval.data_root", "eval.batch_size", "eval.grader_workers", "hydra.")
 """Keys that do not make a different method: runs differing only in these are seeds of one row (report)."""
+
+_TOY_BASE = "model.name_or_path=toy"  # the warm start built from the model.* shape keys and the toy task's keys
+READ_ONLY_WHEN: dict[str, tuple[str, ...]] = {
+    **{f"model.{k}": (_TOY_BASE,) for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                                            "intermediate_size", "warmstart_steps", "warmstart_lr",
+                                            "warmstart_batch_size", "warmstart_seed")},
+    "data.levels": ("data.name=toy", _TOY_BASE),
+    "data.num_train": ("data.name=toy", _TOY_BASE),
+    "data.num_test": ("data.name=toy",),
+}
+"""Keys read only under one of their settings (key=value). Under none of them a non-default value
+would change nothing, so validation refuses it, naming the key."""
 
 
 def key_matches(key: str, patterns: tuple[str, ...]) -> bool:

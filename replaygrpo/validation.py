@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from replaygrpo.config import TOY_ONLY_KEYS, Config, ModelConfig
+from replaygrpo.config import READ_ONLY_WHEN, Config
 from replaygrpo.registry import ConfigError
 
 __all__ = ["CHOICES", "to_config", "validate"]
@@ -127,13 +127,13 @@ def validate(cfg: Config) -> Config:
     if cfg.data.name == "toy":
         _require(cfg.data.num_train >= t.prompts_per_step, "data.num_train", cfg.data.num_train,
                  "at least trainer.prompts_per_step")
-    if cfg.model.name_or_path != "toy":  # else the shape and warm-start keys would be ignored without a word
-        default = ModelConfig()
-        for key in TOY_ONLY_KEYS:
-            value = getattr(cfg.model, key)
-            _require(value == getattr(default, key), f"model.{key}", value,
-                     f"{getattr(default, key)!r} (its default) unless model.name_or_path=toy, the warm start built "
-                     f"from these keys; {cfg.model.name_or_path!r} brings its own shape and weights")
+    default = Config()
+    for key, settings in READ_ONLY_WHEN.items():
+        if any(str(_get(cfg, k)) == v for k, v in (c.split("=", 1) for c in settings)):
+            continue
+        value, unset = _get(cfg, key), _get(default, key)
+        _require(value == unset, key, value, f"{unset!r} (its default) unless {' or '.join(settings)}, "
+                 "the only settings that read it")
     _require(cfg.model.hidden_size % cfg.model.num_heads == 0, "model.hidden_size", cfg.model.hidden_size,
              "a multiple of model.num_heads")
     _require(cfg.model.num_heads % cfg.model.num_kv_heads == 0, "model.num_kv_heads",

@@ -37,18 +37,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_limits import SIZES as MODELS  # noqa: E402  (the model overrides of each size, defined once)
 from bench_replay_cost import PEER, measure, other, report, run_train  # noqa: E402
 from bench_report import fmt_ms, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SIZES = {
-    "toy": [],  # the shipped toy-strong base
-    "31.5M": ["model.name_or_path=toy", "model.hidden_size=512", "model.num_layers=8", "model.num_heads=8",
-              "model.num_kv_heads=4", "model.intermediate_size=2048", "model.warmstart_steps=0",
-              # Random init earns no reward, so every advantage is 0: without this the update would
-              # skip every row and the row would compare nothing.
-              "trainer.skip_zero_advantage=false"],
+    "toy": MODELS["toy"],
+    # Random init earns no reward, so every advantage is 0: without the last key the update
+    # would skip every row and the row would compare nothing.
+    "31.5M": [*MODELS["31.5M"], "trainer.skip_zero_advantage=false"],
 }
 
 
@@ -81,7 +80,7 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def model_dir(overrides: list[str]) -> Path:
+def trained_model_dir(overrides: list[str]) -> Path:
     """The directory replaygrpo trains from for these overrides (a shipped base, or the `toy` warm start,
     built and cached if absent): TRL is handed the same one."""
     from hydra import compose, initialize_config_dir
@@ -110,7 +109,7 @@ def run_trl(model_dir: Path, steps: int, out: Path) -> dict:
 
 def peer(size: str, steps: int, warmup: int, repeats: int, work: Path) -> dict:
     """replaygrpo and TRL, interleaved; per-step medians after warm-up and the ratio per repeat."""
-    path = model_dir(SIZES[size])
+    path = trained_model_dir(SIZES[size])
     rg_rows: list[list[dict]] = []
     trl_runs: list[dict] = []
     for rep in range(repeats):

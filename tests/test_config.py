@@ -1,6 +1,8 @@
 """Config composition and validation through Hydra's compose API."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -79,7 +81,21 @@ def test_unknown_and_ill_typed_keys_rejected():
 @pytest.mark.parametrize("key", ["model.hidden_size=512", "model.warmstart_steps=0"])
 def test_toy_recipe_keys_refused_for_a_model_that_ignores_them(model, key):
     """A shipped base or hub model has its own shape: a size or warm-start key would change nothing."""
-    with pytest.raises(ConfigError, match=rf"{key.split('=')[0].replace('.', chr(92) + '.')}.*name_or_path=toy"):
+    with pytest.raises(ConfigError, match=re.escape(key.split("=")[0]) + ".*name_or_path=toy"):
         composed(model, key)
     cfg = composed(model, "model.name_or_path=toy", key)  # the warm start built from them reads them
     assert cfg.model.name_or_path == "toy"
+
+
+@pytest.mark.parametrize("key", ["data.levels=[2]", "data.num_train=50", "data.num_test=10"])
+def test_toy_task_keys_refused_with_real_data(key):
+    """The toy task's keys do nothing to MATH or DAPO prompts; levels and num_train also shape a `toy`
+    warm start, which reads them whatever the data."""
+    with pytest.raises(ConfigError, match=re.escape(key.split("=")[0]) + ".*data.name=toy"):
+        composed("data=math_train", key)
+    assert composed(key)  # the toy task reads all three
+    if key != "data.num_test=10":
+        assert composed("data=math_train", "model.name_or_path=toy", key)
+    else:
+        with pytest.raises(ConfigError, match=r"data\.num_test"):
+            composed("data=math_train", "model.name_or_path=toy", key)
